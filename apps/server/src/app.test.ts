@@ -1,0 +1,237 @@
+import { MAX_VERSION } from "@kv/rpc";
+import { beforeAll, describe, expect, it } from "vitest";
+import { startTestServer, type TestServer } from "./testing";
+
+let kv: TestServer;
+beforeAll(async () => {
+  kv = await startTestServer();
+});
+
+describe("GET and PUT /v1/kv/:key (contract §2 over HTTP)", () => {
+  it("answers 404 ErrNoKey for a key never written", async () => {
+    expect(await kv.get("row-absent")).toMatchObject({ status: 404, body: { err: "ErrNoKey" } });
+  });
+
+  it("creates a key at version 1 with version 0, then reads it back", async () => {
+    expect(await kv.put("row-create", { value: "v", version: 0 })).toMatchObject({ status: 200, body: { err: "OK", version: 1 } });
+    expect(await kv.get("row-create")).toMatchObject({ status: 200, body: { err: "OK", value: "v", version: 1 } });
+  });
+
+  it("answers 404 ErrNoKey to a put on an absent key with a version above 0, creating nothing", async () => {
+    expect(await kv.put("row-nokey", { value: "v", version: 3 })).toMatchObject({ status: 404, body: { err: "ErrNoKey" } });
+    expect(await kv.get("row-nokey")).toMatchObject({ status: 404 });
+  });
+
+  it("writes at the current version and answers the next one", async () => {
+    await kv.put("row-next", { value: "a", version: 0 });
+    expect(await kv.put("row-next", { value: "b", version: 1 })).toMatchObject({ status: 200, body: { err: "OK", version: 2 } });
+    expect(await kv.get("row-next")).toMatchObject({ body: { err: "OK", value: "b", version: 2 } });
+  });
+
+  it("answers 409 ErrVersion at another version and changes nothing", async () => {
+    await kv.put("row-conflict", { value: "a", version: 0 });
+    for (const version of [0, 2, MAX_VERSION]) {
+      expect(await kv.put("row-conflict", { value: "x", version })).toMatchObject({ status: 409, body: { err: "ErrVersion" } });
+    }
+    expect(await kv.get("row-conflict")).toMatchObject({ body: { err: "OK", value: "a", version: 1 } });
+  });
+
+  it("answers a retried put with the same id OK, unless another write came in between", async () => {
+    expect(await kv.put("row-id", { value: "a", version: 0, id: "put-1" })).toMatchObject({ body: { err: "OK", version: 1 } });
+    expect(await kv.put("row-id", { value: "a", version: 0, id: "put-1" })).toMatchObject({ status: 200, body: { err: "OK", version: 1 } });
+    await kv.put("row-id", { value: "b", version: 1, id: "put-2" });
+    expect(await kv.put("row-id", { value: "a", version: 0, id: "put-1" })).toMatchObject({ status: 409, body: { err: "ErrVersion" } });
+    expect(await kv.get("row-id")).toMatchObject({ body: { value: "b", version: 2 } });
+  });
+
+  it("lets exactly one of 100 concurrent puts on the same key and version win", async () => {
+    await kv.put("race", { value: "start", version: 0 });
+    const replies = await Promise.all(Array.from({ length: 100 }, (_, i) => kv.put("race", { value: `w${i}`, version: 1 })));
+    const winners = replies.filter((r) => r.status === 200);
+    expect(winners).toHaveLength(1);
+    expect(winners[0]?.body).toEqual({ err: "OK", version: 2 });
+    expect(replies.filter((r) => r.status === 409 && r.body.err === "ErrVersion")).toHaveLength(99);
+    const after = await kv.get("race");
+    expect(after.body.version).toBe(2);
+    expect(after.body.value).toMatch(/^w\d+$/);
+  });
+});
+
+describe("keys are opaque strings", () => {
+  const oddKeys = ["a/b", "%", "%2F", "a b", "a?b#c&d=e", "ключ", "🔑", "__proto__", "constructor", ".", "..", "../x", "\u0000", "+", "x".repeat(4096)];
+
+  it.each(oddKeys.map((k) => [JSON.stringify(k).slice(0, 30), k]))("round-trips the key %s unchanged", async (_, key) => {
+    expect(await kv.put(key, { value: `value of ${key}`, version: 0 })).toMatchObject({ status: 200, body: { version: 1 } });
+    expect(await kv.get(key)).toMatchObject({ status: 200, body: { value: `value of ${key}`, version: 1 } });
+    expect(await kv.store.get(key)).toMatchObject({ value: `value of ${key}`, version: 1 });
+  });
+
+  it("keeps the odd keys apart from each other", async () => {
+    const versions = await Promise.all(oddKeys.map(async (k) => (await kv.get(k)).body.version));
+    expect(versions).toEqual(oddKeys.map(() => 1));
+  });
+});
+
+describe("bad input is refused with the contract's reply and changes nothing", () => {
+  const json = { "content-type": "application/json" };
+  const cases: Array<[name: string, method: string, path: string, body: unknown, headers: Record<string, string>, status: number, err: string]> = [
+    ["a missing value", "PUT", "/v1/kv/guarded", { version: 1 }, {}, 400, "ErrBadRequest"],
+    ["a missing version", "PUT", "/v1/kv/guarded", { value: "x" }, {}, 400, "ErrBadRequest"],
+    ["an extra field", "PUT", "/v1/kv/guarded", { value: "x", version: 1, ttl: 5 }, {}, 400, "ErrBadRequest"],
+    ["a __proto__ field", "PUT", "/v1/kv/guarded", '{"value":"x","version":1,"__proto__":{"a":1}}', json, 400, "ErrBadRequest"],
+    ["a version as a string", "PUT", "/v1/kv/guarded", { value: "x", version: "1" }, {}, 400, "ErrBadRequest"],
+    ["a value as a number", "PUT", "/v1/kv/guarded", { value: 5, version: 1 }, {}, 400, "ErrBadRequest"],
+    ["a null value", "PUT", "/v1/kv/guarded", { value: null, version: 1 }, {}, 400, "ErrBadRequest"],
+    ["a negative version", "PUT", "/v1/kv/guarded", { value: "x", version: -1 }, {}, 400, "ErrBadRequest"],
+    ["a fractional version", "PUT", "/v1/kv/guarded", { value: "x", version: 1.5 }, {}, 400, "ErrBadRequest"],
+    ["a version of 2^53", "PUT", "/v1/kv/guarded", '{"value":"x","version":9007199254740992}', json, 400, "ErrBadRequest"],
+    ["a version of 1e300", "PUT", "/v1/kv/guarded", '{"value":"x","version":1e300}', json, 400, "ErrBadRequest"],
+    ["an empty id", "PUT", "/v1/kv/guarded", { value: "x", version: 1, id: "" }, {}, 400, "ErrBadRequest"],
+    ["an id of 65 characters", "PUT", "/v1/kv/guarded", { value: "x", version: 1, id: "i".repeat(65) }, {}, 400, "ErrBadRequest"],
+    ["an id as a number", "PUT", "/v1/kv/guarded", { value: "x", version: 1, id: 7 }, {}, 400, "ErrBadRequest"],
+    ["a value with a lone surrogate", "PUT", "/v1/kv/guarded", '{"value":"\\ud800","version":1}', json, 400, "ErrBadRequest"],
+    ["an array body", "PUT", "/v1/kv/guarded", [], {}, 400, "ErrBadRequest"],
+    ["a null body", "PUT", "/v1/kv/guarded", "null", json, 400, "ErrBadRequest"],
+    ["malformed JSON", "PUT", "/v1/kv/guarded", '{"value":"x",', json, 400, "ErrBadRequest"],
+    ["an empty JSON body", "PUT", "/v1/kv/guarded", "", json, 400, "ErrBadRequest"],
+    ["no body at all", "PUT", "/v1/kv/guarded", undefined, {}, 400, "ErrBadRequest"],
+    ["a text/plain body", "PUT", "/v1/kv/guarded", '{"value":"x","version":1}', { "content-type": "text/plain" }, 400, "ErrBadRequest"],
+    ["a form body", "PUT", "/v1/kv/guarded", "value=x&version=1", { "content-type": "application/x-www-form-urlencoded" }, 400, "ErrBadRequest"],
+    ["an unknown query parameter", "PUT", "/v1/kv/guarded?force=1", { value: "x", version: 1 }, {}, 400, "ErrBadRequest"],
+    ["an empty key", "PUT", "/v1/kv/", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
+    ["no key segment", "PUT", "/v1/kv", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
+    ["a key of 4097 bytes", "PUT", `/v1/kv/${"k".repeat(4097)}`, { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
+    ["a key far too long to route", "PUT", `/v1/kv/${encodeURIComponent("é".repeat(3000))}`, { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
+    ["malformed percent-encoding", "PUT", "/v1/kv/%zz", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
+    ["truncated UTF-8 in the key", "PUT", "/v1/kv/%E2%82", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
+    ["a DELETE", "DELETE", "/v1/kv/guarded", undefined, {}, 405, "ErrMethodNotAllowed"],
+    ["a POST", "POST", "/v1/kv/guarded", { value: "x", version: 1 }, {}, 405, "ErrMethodNotAllowed"],
+    ["an empty key on GET", "GET", "/v1/kv/", undefined, {}, 400, "ErrBadRequest"],
+    ["an unknown query parameter on GET", "GET", "/v1/kv/guarded?x=1", undefined, {}, 400, "ErrBadRequest"],
+    ["an unknown path", "GET", "/v2/kv/guarded", undefined, {}, 404, "ErrNotFound"],
+  ];
+
+  beforeAll(async () => {
+    await kv.put("guarded", { value: "original", version: 0 });
+  });
+
+  it.each(cases)("refuses %s", async (_, method, path, body, headers, status, err) => {
+    const reply = await kv.request(method, path, body, headers);
+    expect(reply.status).toBe(status);
+    expect(reply.body.err).toBe(err);
+    if (status === 400) expect(typeof reply.body.message).toBe("string");
+    expect(await kv.store.get("guarded")).toEqual({ value: "original", version: 1 });
+    expect(await kv.store.get("")).toBeUndefined();
+    expect(await kv.store.get("%zz")).toBeUndefined();
+  });
+
+  it("names the extra field in its message", async () => {
+    const reply = await kv.put("guarded", { value: "x", version: 1, ttl: 5 });
+    expect(reply.body.message).toContain('"ttl"');
+  });
+
+  it("answers a request Node's parser refuses with the contract's shape", async () => {
+    const { Socket } = await import("node:net");
+    const url = new URL(kv.base);
+    const text = await new Promise<string>((resolve, reject) => {
+      const socket = new Socket();
+      let data = "";
+      socket.on("data", (chunk) => (data += chunk));
+      socket.on("end", () => resolve(data));
+      socket.on("error", reject);
+      socket.connect(Number(url.port), url.hostname, () => socket.write("GET /v1/kv/é HTTP/1.1\r\nHost: x\r\n\r\n"));
+    });
+    expect(text).toMatch(/^HTTP\/1\.1 400/);
+    expect(JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4))).toMatchObject({ err: "ErrBadRequest" });
+  });
+});
+
+describe("value size limit (KV_MAX_VALUE_BYTES, default 1 MiB of UTF-8)", () => {
+  const limit = 1024 * 1024;
+
+  it("accepts a value of exactly the limit even when its JSON is six times larger", async () => {
+    const value = "\u0001".repeat(limit);
+    expect(await kv.put("big-at-limit", { value, version: 0 })).toMatchObject({ status: 200, body: { version: 1 } });
+    expect((await kv.store.get("big-at-limit"))?.value).toBe(value);
+  });
+
+  it("refuses one byte more with 413 ErrTooLarge", async () => {
+    const reply = await kv.put("big-over", { value: "x".repeat(limit + 1), version: 0 });
+    expect(reply).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });
+    expect(reply.body.message).toContain(String(limit));
+    expect(await kv.store.get("big-over")).toBeUndefined();
+  });
+
+  it("counts UTF-8 bytes, not characters", async () => {
+    const value = "€".repeat(Math.ceil(limit / 3) + 1); // fewer characters than the limit, more bytes
+    expect(await kv.put("big-euro", { value, version: 0 })).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });
+    expect(await kv.store.get("big-euro")).toBeUndefined();
+  });
+
+  it("refuses a body past the body limit with 413 ErrTooLarge", async () => {
+    const reply = await kv.put("big-body", { value: "\u0001".repeat(limit + 200_000), version: 0 });
+    expect(reply).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });
+    expect(await kv.store.get("big-body")).toBeUndefined();
+  });
+});
+
+describe("configured limits", () => {
+  it("applies KV_MAX_KEY_BYTES and KV_MAX_VALUE_BYTES", async () => {
+    const small = await startTestServer({ KV_MAX_KEY_BYTES: "8", KV_MAX_VALUE_BYTES: "4" });
+    expect(await small.put("12345678", { value: "1234", version: 0 })).toMatchObject({ status: 200 });
+    expect(await small.put("123456789", { value: "1", version: 0 })).toMatchObject({ status: 400, body: { err: "ErrBadRequest" } });
+    expect(await small.put("k", { value: "12345", version: 0 })).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });
+    expect(await small.store.get("123456789")).toBeUndefined();
+    expect(await small.store.get("k")).toBeUndefined();
+  });
+});
+
+describe("bearer token (KV_AUTH_TOKEN)", () => {
+  let secured: TestServer;
+  beforeAll(async () => {
+    secured = await startTestServer({ KV_AUTH_TOKEN: "s3cret-token" });
+    await secured.store.putIfVersion("k", "original", 0, undefined);
+  });
+
+  it.each([
+    ["no token", {}],
+    ["a wrong token", { authorization: "Bearer s3cret-tokeX" }],
+    ["a token of another length", { authorization: "Bearer s3cret" }],
+    ["another scheme", { authorization: "Basic s3cret-token" }],
+  ])("answers 401 ErrUnauthorized to %s and reads and writes nothing", async (_, headers) => {
+    expect(await secured.request("GET", "/v1/kv/k", undefined, headers)).toMatchObject({ status: 401, body: { err: "ErrUnauthorized" } });
+    expect(await secured.request("PUT", "/v1/kv/k", { value: "x", version: 1 }, headers)).toMatchObject({ status: 401 });
+    expect(await secured.request("PUT", "/v1/kv/new", { value: "x", version: 0 }, headers)).toMatchObject({ status: 401 });
+    expect(await secured.store.get("k")).toEqual({ value: "original", version: 1 });
+    expect(await secured.store.get("new")).toBeUndefined();
+  });
+
+  it("serves requests that carry the token", async () => {
+    const auth = { authorization: "Bearer s3cret-token" };
+    expect(await secured.request("GET", "/v1/kv/k", undefined, auth)).toMatchObject({ status: 200, body: { value: "original" } });
+  });
+
+  it("leaves /healthz and /readyz open", async () => {
+    expect((await secured.request("GET", "/healthz")).status).toBe(200);
+    expect((await secured.request("GET", "/readyz")).status).toBe(200);
+  });
+});
+
+describe("service routes", () => {
+  it("answers /healthz and /readyz", async () => {
+    expect(await kv.request("GET", "/healthz")).toMatchObject({ status: 200, body: { status: "ok" } });
+    expect(await kv.request("GET", "/readyz")).toMatchObject({ status: 200, body: { status: "ready" } });
+  });
+
+  it("serves an OpenAPI document generated from the request schemas", async () => {
+    const { status, body } = await kv.request("GET", "/openapi.json");
+    expect(status).toBe(200);
+    expect(body.openapi).toMatch(/^3\./);
+    const route = body.paths["/v1/kv/{key}"];
+    expect(Object.keys(route).sort()).toEqual(["get", "put"]);
+    const schema = route.put.requestBody.content["application/json"].schema;
+    expect(schema.required).toEqual(["value", "version"]);
+    expect(schema.additionalProperties).toBe(false);
+    expect(Object.keys(route.put.responses)).toEqual(expect.arrayContaining(["200", "404", "409"]));
+  });
+});

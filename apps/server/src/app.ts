@@ -1,0 +1,97 @@
+import { createRequire } from "node:module";
+import swagger from "@fastify/swagger";
+import { hasCode } from "@kv/rpc";
+import { KVServer, type Store } from "@kv/server";
+import Fastify, { type FastifyError, type FastifyInstance, LogController } from "fastify";
+import type { Config } from "./config";
+import { refuse } from "./replies";
+import { healthRoutes } from "./routes/health";
+import { kvRoutes } from "./routes/kv";
+
+const { version } = createRequire(import.meta.url)("../package.json") as { version: string };
+
+// JSON can spell one byte of a string as six (`\u0001`): a value at the limit must still fit.
+const JSON_ESCAPE_FACTOR = 6;
+const BODY_OVERHEAD_BYTES = 4096;
+
+/**
+ * The kv HTTP server (contract §4) over `store`, ready but not listening. Closing the app
+ * closes the store, after the requests in flight are answered.
+ */
+export async function buildApp(config: Config, store: Store): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: { level: config.logLevel, redact: ["req.headers.authorization"] },
+    // One log line per request would cost more than the request on this hot path;
+    // errors and lifecycle events are still logged.
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: config.maxValueBytes * JSON_ESCAPE_FACTOR + BODY_OVERHEAD_BYTES,
+    // A key's percent-encoding can be three times its bytes; longer is too long for certain.
+    routerOptions: { maxParamLength: config.maxKeyBytes * 3 },
+    // The protocol is strict (contract §4): no coercion of "1" to 1, no silently dropped fields.
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false } },
+    frameworkErrors: (err, _request, reply) => {
+      const tooLong = hasCode(err, "FST_ERR_MAX_PARAM_LENGTH");
+      refuse(reply, "ErrBadRequest", tooLong ? `key must be at most ${config.maxKeyBytes} UTF-8 bytes` : err.message);
+    },
+    clientErrorHandler: (err, socket) => {
+      // Requests Node's parser refuses (bad request line, headers too large) get the contract's shape too.
+      if (!socket.writable) return socket.destroy(err);
+      const body = JSON.stringify({ err: "ErrBadRequest", message: err.message });
+      socket.end(
+        `HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+    },
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      info: { title: "kv", version, description: "Versioned key/value store with conditional puts" },
+    },
+  });
+
+  // Only JSON bodies: a text/plain put is refused, not parsed as a string.
+  app.removeContentTypeParser("text/plain");
+
+  app.setErrorHandler<FastifyError>((err, request, reply) => {
+    if (err.validation) {
+      const extra = err.validation[0]?.params?.additionalProperty;
+      return refuse(reply, "ErrBadRequest", extra === undefined ? err.message : `${err.message}: ${JSON.stringify(extra)}`);
+    }
+    if (hasCode(err, "FST_ERR_CTP_BODY_TOO_LARGE")) {
+      return refuse(reply, "ErrTooLarge", `request body is over ${app.initialConfig.bodyLimit} bytes`);
+    }
+    if (hasCode(err, "FST_ERR_CTP_INVALID_MEDIA_TYPE")) {
+      return refuse(reply, "ErrBadRequest", `content-type must be application/json, got ${request.headers["content-type"]}`);
+    }
+    if (hasCode(err, "ERR_INVALID_ARG_VALUE")) return refuse(reply, "ErrBadRequest", err.message);
+    if (hasCode(err, "ERR_KV_CLOSED")) return refuse(reply, "ErrUnavailable", "the server is shutting down");
+    if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
+      return refuse(reply, "ErrBadRequest", err.message);
+    }
+    request.log.error({ err }, "request failed");
+    return refuse(reply, "ErrInternal", "internal error");
+  });
+
+  app.setNotFoundHandler((request, reply) =>
+    refuse(reply, "ErrNotFound", `no route ${request.method} ${request.url.split("?")[0]}`),
+  );
+
+  // A reply sent while closing ends its connection: a keep-alive socket left open would hold
+  // the process up until its keep-alive timeout.
+  let isClosing = false;
+  app.addHook("preClose", async () => {
+    isClosing = true;
+  });
+  app.addHook("onSend", (_request, reply, payload, done) => {
+    if (isClosing) reply.header("connection", "close");
+    done(null, payload);
+  });
+  app.addHook("onClose", () => store.close());
+
+  await app.register(healthRoutes);
+  await app.register(kvRoutes, { prefix: "/v1", server: new KVServer(store), config });
+  app.get("/openapi.json", { schema: { hide: true } }, () => app.swagger());
+
+  await app.ready();
+  return app;
+}

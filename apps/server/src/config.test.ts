@@ -1,0 +1,78 @@
+import { describe, expect, it } from "vitest";
+import { ConfigError, parseConfig } from "./config";
+
+const problemsOf = (env: Record<string, string>, argv: string[] = []): readonly string[] => {
+  try {
+    parseConfig(env, argv);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.problems;
+    throw err;
+  }
+  return [];
+};
+
+describe("parseConfig", () => {
+  it("has the contract's defaults, on the memory store", () => {
+    expect(parseConfig({}, [])).toEqual({
+      host: "127.0.0.1",
+      port: 7070,
+      store: { kind: "memory" },
+      authToken: undefined,
+      maxKeyBytes: 4096,
+      maxValueBytes: 1048576,
+      logLevel: "info",
+    });
+  });
+
+  it("reads every KV_* variable", () => {
+    const config = parseConfig(
+      {
+        KV_HOST: "::1",
+        KV_PORT: "0",
+        KV_STORE: "memory",
+        KV_AUTH_TOKEN: "t",
+        KV_MAX_KEY_BYTES: "100",
+        KV_MAX_VALUE_BYTES: "0",
+        KV_LOG_LEVEL: "warn",
+      },
+      [],
+    );
+    expect(config).toMatchObject({ host: "::1", port: 0, authToken: "t", maxKeyBytes: 100, maxValueBytes: 0, logLevel: "warn" });
+  });
+
+  it("lets a --flag win over its variable", () => {
+    const config = parseConfig({ KV_PORT: "1", KV_LOG_LEVEL: "warn" }, ["--port", "2", "--log-level=error", "--max-key-bytes", "10"]);
+    expect(config).toMatchObject({ port: 2, logLevel: "error", maxKeyBytes: 10 });
+  });
+
+  it("returns a frozen object", () => {
+    expect(Object.isFrozen(parseConfig({}, []))).toBe(true);
+  });
+
+  it.each([
+    [{ KV_PORT: "abc" }, 'KV_PORT must be an integer from 0 to 65535, got "abc"'],
+    [{ KV_PORT: "65536" }, "KV_PORT must be an integer from 0 to 65535"],
+    [{ KV_PORT: "-1" }, "KV_PORT must be an integer"],
+    [{ KV_PORT: "80.5" }, "KV_PORT must be an integer"],
+    [{ KV_PORT: "" }, "KV_PORT must be an integer"],
+    [{ KV_MAX_KEY_BYTES: "0" }, "KV_MAX_KEY_BYTES must be an integer from 1 to 4096"],
+    [{ KV_MAX_VALUE_BYTES: "1e6" }, "KV_MAX_VALUE_BYTES must be an integer"],
+    [{ KV_LOG_LEVEL: "loud" }, "KV_LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent"],
+    [{ KV_STORE: "redis:x" }, 'KV_STORE must be "memory"'],
+    [{ KV_HOST: "" }, "KV_HOST must not be empty"],
+    [{ KV_AUTH_TOKEN: "" }, "KV_AUTH_TOKEN must not be empty"],
+    [{ KV_TLS_CERT: "/x.pem" }, "KV_TLS_CERT: HTTPS is not built yet"],
+  ])("refuses %j, naming the variable", (env, message) => {
+    const problems = problemsOf(env);
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toContain(message);
+  });
+
+  it("names the flag when the bad value came from a flag", () => {
+    expect(problemsOf({ KV_PORT: "1" }, ["--port", "x"])).toEqual(['--port must be an integer from 0 to 65535, got "x"']);
+  });
+
+  it("reports every problem at once", () => {
+    expect(problemsOf({ KV_PORT: "x", KV_LOG_LEVEL: "y" }, ["--nope"])).toHaveLength(3);
+  });
+});

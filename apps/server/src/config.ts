@@ -1,0 +1,107 @@
+import { parseArgs } from "node:util";
+
+/** Where the server keeps its data. Only the memory store exists so far (issue 6 adds LMDB and etcd). */
+export type StoreConfig = { readonly kind: "memory" };
+
+export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+
+export interface Config {
+  readonly host: string;
+  readonly port: number;
+  readonly store: StoreConfig;
+  /** When set, every `/v1` request needs `Authorization: Bearer <authToken>`. */
+  readonly authToken: string | undefined;
+  readonly maxKeyBytes: number;
+  readonly maxValueBytes: number;
+  readonly logLevel: LogLevel;
+}
+
+/** One or more configuration problems, all named in `message`, one per line. */
+export class ConfigError extends Error {
+  readonly code = "ERR_KV_CONFIG";
+  override name = "ConfigError";
+  constructor(readonly problems: readonly string[]) {
+    super(problems.join("\n"));
+  }
+}
+
+// A key travels in the request line, which Node caps with the headers at 16 KiB; percent-encoding
+// can triple it. 4096 bytes (12 KiB encoded) is the most that always fits.
+const KEY_BYTES_CEILING = 4096;
+// The body limit is six times the value limit (JSON's \u escapes); keep that well inside memory.
+const VALUE_BYTES_CEILING = 64 * 1024 * 1024;
+const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
+
+/** Each setting: its environment variable and the `--flag` of the same name. */
+const SETTINGS = {
+  host: "KV_HOST",
+  port: "KV_PORT",
+  store: "KV_STORE",
+  "auth-token": "KV_AUTH_TOKEN",
+  "tls-cert": "KV_TLS_CERT",
+  "tls-key": "KV_TLS_KEY",
+  "max-key-bytes": "KV_MAX_KEY_BYTES",
+  "max-value-bytes": "KV_MAX_VALUE_BYTES",
+  "log-level": "KV_LOG_LEVEL",
+} as const;
+type Flag = keyof typeof SETTINGS;
+
+/**
+ * Reads the server's configuration (contract §5) from environment variables and `--flags`; a
+ * flag wins over its variable. Returns a frozen `Config`; throws `ConfigError` naming every bad
+ * setting at once.
+ */
+export function parseConfig(env: Readonly<Record<string, string | undefined>>, argv: readonly string[]): Config {
+  const problems: string[] = [];
+  let flags: Partial<Record<Flag, string>> = {};
+  try {
+    const options = Object.fromEntries(Object.keys(SETTINGS).map((f) => [f, { type: "string" as const }]));
+    flags = parseArgs({ args: [...argv], options, strict: true, allowPositionals: false }).values as typeof flags;
+  } catch (err) {
+    problems.push(`command line: ${(err as Error).message}`);
+  }
+  const raw = (flag: Flag): { name: string; value: string } | undefined => {
+    const value = flags[flag] ?? env[SETTINGS[flag]];
+    if (value === undefined) return undefined;
+    return { name: flags[flag] === undefined ? SETTINGS[flag] : `--${flag}`, value };
+  };
+  const integer = (flag: Flag, fallback: number, min: number, max: number): number => {
+    const setting = raw(flag);
+    if (setting === undefined) return fallback;
+    const n = /^\d+$/.test(setting.value) ? Number(setting.value) : Number.NaN;
+    if (!(n >= min && n <= max)) {
+      problems.push(`${setting.name} must be an integer from ${min} to ${max}, got ${JSON.stringify(setting.value)}`);
+    }
+    return n;
+  };
+
+  const host = raw("host")?.value ?? "127.0.0.1";
+  if (host === "") problems.push(`${SETTINGS.host} must not be empty`);
+  const port = integer("port", 7070, 0, 65535);
+  const maxKeyBytes = integer("max-key-bytes", 4096, 1, KEY_BYTES_CEILING);
+  const maxValueBytes = integer("max-value-bytes", 1024 * 1024, 0, VALUE_BYTES_CEILING);
+
+  const store = raw("store");
+  if (store !== undefined && store.value !== "memory") {
+    problems.push(`${store.name} must be "memory" (the LMDB and etcd stores are not built yet), got ${JSON.stringify(store.value)}`);
+  }
+
+  const authToken = raw("auth-token")?.value;
+  if (authToken === "") problems.push(`${SETTINGS["auth-token"]} must not be empty when set`);
+
+  for (const flag of ["tls-cert", "tls-key"] as const) {
+    const setting = raw(flag);
+    if (setting !== undefined) {
+      problems.push(`${setting.name}: HTTPS is not built yet; terminate TLS in a proxy in front of kv`);
+    }
+  }
+
+  const level = raw("log-level");
+  const logLevel = (level?.value ?? "info") as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) {
+    problems.push(`${level?.name} must be one of ${LOG_LEVELS.join(", ")}, got ${JSON.stringify(level?.value)}`);
+  }
+
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze({ host, port, store: { kind: "memory" as const }, authToken, maxKeyBytes, maxValueBytes, logLevel });
+}

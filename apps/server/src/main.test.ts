@@ -1,0 +1,102 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { connect } from "node:net";
+import { fileURLToPath } from "node:url";
+import { afterEach, describe, expect, it } from "vitest";
+
+// The built server, as `pnpm start` runs it (turbo builds before testing).
+const main = fileURLToPath(new URL("../dist/main.js", import.meta.url));
+const children: ChildProcess[] = [];
+afterEach(() => {
+  for (const child of children.splice(0)) if (child.exitCode === null) child.kill("SIGKILL");
+});
+
+function startServer(env: Record<string, string>, args: string[] = []) {
+  const child = spawn(process.execPath, [main, ...args], {
+    env: { PATH: process.env.PATH, KV_PORT: "0", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  children.push(child);
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk) => (stdout += chunk));
+  child.stderr.on("data", (chunk) => (stderr += chunk));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const listening = new Promise<URL>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no listening line within 10 s: ${stdout}${stderr}`)), 10_000);
+    child.stdout.on("data", () => {
+      const match = /Server listening at (http:\/\/[^"\s]+)/.exec(stdout);
+      if (match?.[1]) {
+        clearTimeout(timer);
+        resolve(new URL(match[1]));
+      }
+    });
+    void exited.then((code) => reject(new Error(`exited with ${code} before listening: ${stderr}`)));
+  });
+  listening.catch(() => {}); // awaited only by the tests that expect the server to start
+  return { child, exited, listening, output: () => ({ stdout, stderr }) };
+}
+
+describe("the built server (dist/main.js)", () => {
+  it("logs one line with the bound address and serves requests", async () => {
+    const server = startServer({});
+    const url = await server.listening;
+    expect(url.hostname).toBe("127.0.0.1");
+    const res = await fetch(new URL("/v1/kv/a", url));
+    expect(res.status).toBe(404);
+    expect(await res.json()).toEqual({ err: "ErrNoKey" });
+    expect(server.output().stdout.split("\n").filter((l) => l.includes("listening"))).toHaveLength(1);
+  });
+
+  it("on SIGTERM stops accepting, answers the request in flight, and exits 0", async () => {
+    const server = startServer({});
+    const url = await server.listening;
+    const body = JSON.stringify({ value: "sent slowly", version: 0 });
+    const half = Math.floor(body.length / 2);
+
+    // A put whose body arrives in two parts, with SIGTERM in between.
+    const socket = connect(Number(url.port), url.hostname);
+    await once(socket, "connect");
+    let reply = "";
+    socket.on("data", (chunk) => (reply += chunk));
+    socket.write(
+      `PUT /v1/kv/slow HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, half)}`,
+    );
+    await new Promise((r) => setTimeout(r, 200));
+    server.child.kill("SIGTERM");
+    await new Promise((r) => setTimeout(r, 300));
+
+    expect(server.child.exitCode).toBe(null); // still waiting for the request in flight
+    const refused = connect(Number(url.port), url.hostname);
+    const [err] = await once(refused, "error");
+    expect(err.code).toBe("ECONNREFUSED"); // no longer accepting
+
+    socket.write(body.slice(half));
+    await once(socket, "close");
+    expect(reply).toMatch(/^HTTP\/1\.1 200 /);
+    expect(reply).toContain('{"err":"OK","version":1}');
+    expect(await server.exited).toBe(0);
+  });
+
+  it.each([
+    [{ KV_PORT: "abc" }, [], /KV_PORT must be an integer from 0 to 65535, got "abc"/],
+    [{}, ["--port", "70000"], /--port must be an integer from 0 to 65535, got "70000"/],
+    [{ KV_LOG_LEVEL: "chatty" }, [], /KV_LOG_LEVEL must be one of/],
+  ])("exits non-zero with one clear line for %j %j", async (env, args, message) => {
+    const server = startServer(env, args);
+    const code = await server.exited;
+    expect(code).not.toBe(0);
+    expect(code).not.toBe(null);
+    const lines = server.output().stderr.trim().split("\n");
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(message);
+  });
+
+  it("exits non-zero with a clear line when the port is taken", async () => {
+    const first = startServer({});
+    const url = await first.listening;
+    const second = startServer({ KV_PORT: url.port });
+    expect(await second.exited).toBe(1);
+    expect(second.output().stderr).toMatch(/cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
+  });
+});

@@ -1,0 +1,31 @@
+import closeWithGrace from "close-with-grace";
+import { buildApp } from "./app";
+import { ConfigError, parseConfig } from "./config";
+import { openStore } from "./store";
+
+let config;
+try {
+  config = parseConfig(process.env, process.argv.slice(2));
+} catch (err) {
+  if (!(err instanceof ConfigError)) throw err;
+  for (const problem of err.problems) process.stderr.write(`kv-server: ${problem}\n`);
+  process.exit(2);
+}
+
+const app = await buildApp(config, await openStore(config.store));
+
+closeWithGrace(
+  { delay: 10_000, logger: { error: (msg: unknown) => app.log.error(msg) } },
+  async ({ signal, err }) => {
+    if (err) app.log.error({ err }, "closing after an error");
+    else app.log.info({ signal }, "closing");
+    await app.close(); // stop accepting, answer the requests in flight; onClose closes the store
+  },
+);
+
+try {
+  await app.listen({ host: config.host, port: config.port }); // Fastify logs the bound address
+} catch (err) {
+  process.stderr.write(`kv-server: cannot listen on ${config.host}:${config.port}: ${(err as Error).message}\n`);
+  process.exit(1);
+}

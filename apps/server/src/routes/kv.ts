@@ -1,0 +1,112 @@
+import { createHash, timingSafeEqual } from "node:crypto";
+import {
+  ErrorReply,
+  GetOkReply,
+  GetQuery,
+  KeyParams,
+  KV_ROUTE,
+  NoKeyReply,
+  PutBody,
+  PutOkReply,
+  statusByErr,
+  VersionReply,
+} from "@kv/rpc";
+import type { KVServer } from "@kv/server";
+import type { FastifyInstance, FastifyReply } from "fastify";
+import type { Config } from "../config";
+import { refuse } from "../replies";
+
+export interface KvRoutesOptions {
+  server: KVServer;
+  config: Config;
+}
+
+type KeyRequest = { Params: { key: string }; Querystring: Record<string, never> };
+
+const route = KV_ROUTE.replace(/^\/v1/, "");
+
+/** `/v1/kv/:key` GET and PUT (contract §4), behind the bearer token when one is configured. */
+export async function kvRoutes(app: FastifyInstance, { server, config }: KvRoutesOptions): Promise<void> {
+  if (config.authToken !== undefined) app.addHook("onRequest", bearerTokenCheck(config.authToken));
+
+  /** The decoded key, or undefined after refusing the request. */
+  const checkKey = (key: string, reply: FastifyReply): string | undefined => {
+    if (key === "") {
+      refuse(reply, "ErrBadRequest", "key must not be empty");
+      return undefined;
+    }
+    const bytes = Buffer.byteLength(key);
+    if (bytes > config.maxKeyBytes) {
+      refuse(reply, "ErrBadRequest", `key must be at most ${config.maxKeyBytes} UTF-8 bytes, got ${bytes}`);
+      return undefined;
+    }
+    return key;
+  };
+
+  app.get<KeyRequest>(
+    route,
+    {
+      schema: {
+        summary: "Read a key",
+        params: KeyParams,
+        querystring: GetQuery,
+        response: { 200: GetOkReply, 404: NoKeyReply, "4xx": ErrorReply, "5xx": ErrorReply },
+      },
+    },
+    async (request, reply) => {
+      const key = checkKey(request.params.key, reply);
+      if (key === undefined) return reply;
+      const result = await server.get(key);
+      return reply.code(statusByErr[result.err]).send(result);
+    },
+  );
+
+  app.put<KeyRequest & { Body: PutBody }>(
+    route,
+    {
+      schema: {
+        summary: "Write a key if its version matches",
+        params: KeyParams,
+        querystring: GetQuery,
+        body: PutBody,
+        response: { 200: PutOkReply, 404: NoKeyReply, 409: VersionReply, "4xx": ErrorReply, "5xx": ErrorReply },
+      },
+    },
+    async (request, reply) => {
+      const key = checkKey(request.params.key, reply);
+      if (key === undefined) return reply;
+      const { value, version, id } = request.body;
+      const valueBytes = Buffer.byteLength(value);
+      if (valueBytes > config.maxValueBytes) {
+        return refuse(reply, "ErrTooLarge", `value must be at most ${config.maxValueBytes} UTF-8 bytes, got ${valueBytes}`);
+      }
+      // A lone surrogate has no UTF-8 form: it could not be stored and read back as sent.
+      if (!value.isWellFormed()) return refuse(reply, "ErrBadRequest", "body value must be well-formed Unicode");
+      if (id !== undefined && !id.isWellFormed()) return refuse(reply, "ErrBadRequest", "body id must be well-formed Unicode");
+      const result = await server.put(key, value, version, id);
+      return reply.code(statusByErr[result.err]).send(result);
+    },
+  );
+
+  // A key route reached without a key, and the methods the key route does not have.
+  const noKey = async (_: unknown, reply: FastifyReply) => refuse(reply, "ErrBadRequest", "key must not be empty");
+  app.route({ method: ["GET", "PUT"], url: "/kv", schema: { hide: true }, handler: noKey });
+  app.route({
+    method: ["POST", "DELETE", "PATCH"],
+    url: route,
+    schema: { hide: true },
+    handler: async (request, reply) =>
+      refuse(reply.header("allow", "GET, HEAD, PUT"), "ErrMethodNotAllowed", `${request.method} is not allowed on a key`),
+  });
+}
+
+/** A hook that refuses requests without the token, comparing digests so the time taken tells nothing. */
+function bearerTokenCheck(token: string) {
+  const digest = (s: string) => createHash("sha256").update(s).digest();
+  const expected = digest(`Bearer ${token}`);
+  return async (request: { headers: { authorization?: string | undefined } }, reply: FastifyReply) => {
+    if (!timingSafeEqual(digest(request.headers.authorization ?? ""), expected)) {
+      return refuse(reply, "ErrUnauthorized", "a valid bearer token is required");
+    }
+  };
+}

@@ -1,0 +1,60 @@
+// Helpers for this app's own tests: a real server on a loopback port and raw-path requests.
+import { kvPath } from "@kv/rpc";
+import { MemoryStore } from "@kv/server";
+import type { FastifyInstance } from "fastify";
+import { Pool } from "undici";
+import { afterAll } from "vitest";
+import { buildApp } from "./app";
+import { type Config, parseConfig } from "./config";
+
+export interface Reply {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: any;
+}
+
+export interface TestServer {
+  app: FastifyInstance;
+  store: MemoryStore;
+  base: string;
+  /** Sends one request with `path` as it is (no URL normalisation); JSON bodies are encoded. */
+  request(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<Reply>;
+  get(key: string): Promise<Reply>;
+  put(key: string, body: unknown): Promise<Reply>;
+}
+
+/** Starts the app on 127.0.0.1, port 0, over a fresh MemoryStore; closed after the file's tests. */
+export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+  const config: Config = parseConfig({ KV_LOG_LEVEL: "silent", ...env }, []);
+  const store = new MemoryStore();
+  const app = await buildApp(config, store);
+  const base = await app.listen({ host: "127.0.0.1", port: 0 });
+  const pool = new Pool(base, { connections: 128 });
+  afterAll(async () => {
+    await pool.close();
+    await app.close();
+  });
+  const request = async (method: string, path: string, body?: unknown, headers: Record<string, string> = {}) => {
+    const isRaw = typeof body === "string" || Buffer.isBuffer(body);
+    const res = await pool.request({
+      method: method as "GET",
+      path,
+      headers: body === undefined || isRaw ? headers : { "content-type": "application/json", ...headers },
+      body: body === undefined ? undefined : isRaw ? (body as string) : JSON.stringify(body),
+    });
+    const text = await res.body.text();
+    let parsed: unknown = text;
+    try {
+      parsed = JSON.parse(text);
+    } catch {}
+    return { status: res.statusCode, headers: res.headers, body: parsed };
+  };
+  return {
+    app,
+    store,
+    base,
+    request,
+    get: (key) => request("GET", kvPath(key)),
+    put: (key, body) => request("PUT", kvPath(key), body),
+  };
+}

@@ -1,0 +1,24 @@
+/** The outcomes of `get` and `put`: values at every layer, never exceptions. */
+export const Err = {
+  OK: "OK",
+  ErrNoKey: "ErrNoKey",
+  ErrVersion: "ErrVersion",
+  ErrMaybe: "ErrMaybe",
+} as const;
+export type Err = (typeof Err)[keyof typeof Err];
+
+/** `get`: the value and its version, or `ErrNoKey` when the key was never written. */
+export type GetResult = { err: "OK"; value: string; version: number } | { err: "ErrNoKey" };
+
+/**
+ * `put`: the key's new version, `ErrVersion` (the key exists at another version),
+ * `ErrNoKey` (absent and version > 0), or — from a clerk only — `ErrMaybe` (a retry met
+ * `ErrVersion` after an earlier try got no reply: the put may have been applied).
+ */
+export type PutResult = { err: "OK"; version: number } | { err: "ErrVersion" | "ErrNoKey" | "ErrMaybe" };
+
+/** The largest version a key can have; a put is refused before it would pass it. */
+export const MAX_VERSION = Number.MAX_SAFE_INTEGER;
+
+/** Put ids are 1–64 characters (contract §2). */
+export const MAX_PUT_ID_LENGTH = 64;

@@ -1,0 +1,14 @@
+export { Err, type GetResult, type PutResult, MAX_VERSION, MAX_PUT_ID_LENGTH } from "./err";
+export { KvError, type KvErrorCode, NetworkError, InvalidArgumentError, hasCode } from "./errors";
+export {
+  PutBody,
+  KeyParams,
+  GetQuery,
+  GetOkReply,
+  PutOkReply,
+  NoKeyReply,
+  VersionReply,
+  ErrorReply,
+} from "./schemas";
+export { KV_ROUTE, KV_PREFIX, kvPath, statusByErr, type ReplyErr } from "./http";
+export type { Transport, PutRequest, TransportCallOptions } from "./transport";

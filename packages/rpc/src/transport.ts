@@ -1,0 +1,29 @@
+import type { GetResult, PutResult } from "./err";
+
+export interface PutRequest {
+  key: string;
+  value: string;
+  version: number;
+  /** The put id (contract §2): the same on every retry of one put. */
+  id?: string;
+}
+
+export interface TransportCallOptions {
+  signal?: AbortSignal;
+}
+
+/**
+ * One try of one call to a kv server. A Transport never retries: the Clerk above it owns
+ * retries, because only it knows when an outcome became ambiguous.
+ */
+export interface Transport {
+  /** The server's answer; rejects `NetworkError` when no reply came. */
+  get(key: string, options?: TransportCallOptions): Promise<GetResult>;
+  /**
+   * The server's answer (`OK`, `ErrNoKey` or `ErrVersion`); rejects `NetworkError` when no
+   * reply came, so the put may or may not have been applied.
+   */
+  put(request: PutRequest, options?: TransportCallOptions): Promise<PutResult>;
+  /** Ends the transport's connections; idempotent. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,179 @@
+import { hasCode, MAX_VERSION } from "@kv/rpc";
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { KVServer, type ServerPutResult } from "./kv-server";
+import { MemoryStore } from "./memory-store";
+
+const newServer = () => new KVServer(new MemoryStore());
+
+describe("KVServer.get", () => {
+  it("answers ErrNoKey for a key never written", async () => {
+    expect(await newServer().get("k")).toEqual({ err: "ErrNoKey" });
+  });
+
+  it("answers the value and version of a present key", async () => {
+    const kv = newServer();
+    await kv.put("k", "v1", 0);
+    await kv.put("k", "v2", 1);
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "v2", version: 2 });
+  });
+});
+
+describe("KVServer.put (contract §2)", () => {
+  it("creates an absent key at version 1 when version is 0", async () => {
+    const kv = newServer();
+    expect(await kv.put("k", "v", 0)).toEqual({ err: "OK", version: 1 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "v", version: 1 });
+  });
+
+  it("answers ErrNoKey for an absent key and a version above 0, and creates nothing", async () => {
+    const kv = newServer();
+    expect(await kv.put("k", "v", 1)).toEqual({ err: "ErrNoKey" });
+    expect(await kv.put("k", "v", 7)).toEqual({ err: "ErrNoKey" });
+    expect(await kv.get("k")).toEqual({ err: "ErrNoKey" });
+  });
+
+  it("writes a present key at its current version and moves the version on by one", async () => {
+    const kv = newServer();
+    await kv.put("k", "a", 0);
+    expect(await kv.put("k", "b", 1)).toEqual({ err: "OK", version: 2 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2 });
+  });
+
+  it("answers ErrVersion for a present key at another version, and changes nothing", async () => {
+    const kv = newServer();
+    await kv.put("k", "a", 0);
+    await kv.put("k", "b", 1);
+    for (const stale of [0, 1, 3, 100]) expect(await kv.put("k", "x", stale)).toEqual({ err: "ErrVersion" });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2 });
+  });
+
+  it("accepts the empty string as a value", async () => {
+    const kv = newServer();
+    await kv.put("k", "", 0);
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "", version: 1 });
+  });
+
+  it("treats keys named like Object.prototype members as ordinary keys", async () => {
+    const kv = newServer();
+    for (const key of ["__proto__", "constructor", "toString", "hasOwnProperty"]) {
+      expect(await kv.get(key)).toEqual({ err: "ErrNoKey" });
+      expect(await kv.put(key, key, 0)).toEqual({ err: "OK", version: 1 });
+      expect(await kv.get(key)).toEqual({ err: "OK", value: key, version: 1 });
+    }
+  });
+
+  it("lets exactly one of many concurrent puts on the same version win", async () => {
+    const kv = newServer();
+    await kv.put("k", "start", 0);
+    const results = await Promise.all(Array.from({ length: 50 }, (_, i) => kv.put("k", `w${i}`, 1)));
+    expect(results.filter((r) => r.err === "OK")).toEqual([{ err: "OK", version: 2 }]);
+    expect(results.filter((r) => r.err === "ErrVersion")).toHaveLength(49);
+  });
+});
+
+describe("KVServer.put with put ids", () => {
+  it("answers a retry of the put that made the current version OK, and changes nothing", async () => {
+    const kv = newServer();
+    expect(await kv.put("k", "a", 0, "id-1")).toEqual({ err: "OK", version: 1 });
+    expect(await kv.put("k", "a", 0, "id-1")).toEqual({ err: "OK", version: 1 });
+    expect(await kv.put("k", "b", 1, "id-2")).toEqual({ err: "OK", version: 2 });
+    expect(await kv.put("k", "b", 1, "id-2")).toEqual({ err: "OK", version: 2 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2 });
+  });
+
+  it("answers ErrVersion to a retry once another write came in between", async () => {
+    const kv = newServer();
+    await kv.put("k", "a", 0, "id-1");
+    await kv.put("k", "b", 1, "id-2");
+    expect(await kv.put("k", "a", 0, "id-1")).toEqual({ err: "ErrVersion" });
+  });
+
+  it("answers ErrVersion to a put with a different id or none at the stale version", async () => {
+    const kv = newServer();
+    await kv.put("k", "a", 0, "id-1");
+    expect(await kv.put("k", "a", 0, "id-other")).toEqual({ err: "ErrVersion" });
+    expect(await kv.put("k", "a", 0)).toEqual({ err: "ErrVersion" });
+  });
+
+  it("does not mistake a put without an id for a retry of one without an id", async () => {
+    const kv = newServer();
+    await kv.put("k", "a", 0);
+    expect(await kv.put("k", "a", 0)).toEqual({ err: "ErrVersion" });
+  });
+
+  it("matches the id only at the version right below the current one", async () => {
+    const kv = newServer();
+    await kv.put("k", "a", 0);
+    await kv.put("k", "b", 1, "id-2");
+    expect(await kv.put("k", "b", 0, "id-2")).toEqual({ err: "ErrVersion" });
+  });
+});
+
+describe("KVServer argument checks", () => {
+  it("rejects versions that are negative, fractional or beyond 2^53 − 1 with InvalidArgumentError", async () => {
+    const kv = newServer();
+    for (const version of [-1, 0.5, Number.NaN, Number.POSITIVE_INFINITY, MAX_VERSION + 1]) {
+      const err = await kv.put("k", "v", version).catch((e: unknown) => e);
+      expect(hasCode(err, "ERR_INVALID_ARG_VALUE"), String(version)).toBe(true);
+    }
+    expect(await kv.get("k")).toEqual({ err: "ErrNoKey" });
+  });
+
+  it("rejects an empty key and bad put ids with InvalidArgumentError", async () => {
+    const kv = newServer();
+    await expect(kv.get("")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+    await expect(kv.put("", "v", 0)).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+    await expect(kv.put("k", "v", 0, "")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+    await expect(kv.put("k", "v", 0, "x".repeat(65))).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+    expect(await kv.put("k", "v", 0, "x".repeat(64))).toEqual({ err: "OK", version: 1 });
+  });
+
+  it("accepts the largest version, which never matches a key: ErrNoKey when absent, ErrVersion when present", async () => {
+    const kv = newServer();
+    expect(await kv.put("k", "v", MAX_VERSION)).toEqual({ err: "ErrNoKey" });
+    await kv.put("k", "v", 0);
+    expect(await kv.put("k", "v", MAX_VERSION)).toEqual({ err: "ErrVersion" });
+  });
+});
+
+type Entry = { value: string; version: number; id: string | undefined };
+
+/** The contract §2 table, written as plainly as it reads. */
+function modelPut(model: Map<string, Entry>, o: { key: string; value: string; version: number; id?: string }): ServerPutResult {
+  const current = model.get(o.key);
+  if (current === undefined) {
+    if (o.version !== 0) return { err: "ErrNoKey" };
+    model.set(o.key, { value: o.value, version: 1, id: o.id });
+    return { err: "OK", version: 1 };
+  }
+  if (o.version === current.version) {
+    model.set(o.key, { value: o.value, version: o.version + 1, id: o.id });
+    return { err: "OK", version: o.version + 1 };
+  }
+  if (o.id !== undefined && o.id === current.id && o.version + 1 === current.version) return { err: "OK", version: current.version };
+  return { err: "ErrVersion" };
+}
+
+describe("KVServer against a model", () => {
+  it("agrees with the contract's table on every sequence of gets and puts", async () => {
+    const op = fc.record({
+      key: fc.constantFrom("a", "b", "__proto__"),
+      value: fc.string({ maxLength: 4 }),
+      version: fc.nat(4),
+      id: fc.option(fc.constantFrom("p", "q", "r"), { nil: undefined }),
+    });
+    await fc.assert(
+      fc.asyncProperty(fc.array(op, { maxLength: 40 }), async (ops) => {
+        const kv = newServer();
+        const model = new Map<string, Entry>();
+        for (const o of ops) {
+          expect(await kv.put(o.key, o.value, o.version, o.id)).toEqual(modelPut(model, o));
+          const m = model.get(o.key);
+          expect(await kv.get(o.key)).toEqual(m ? { err: "OK", value: m.value, version: m.version } : { err: "ErrNoKey" });
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+});

@@ -1,0 +1,63 @@
+import { type GetResult, InvalidArgumentError, MAX_PUT_ID_LENGTH, MAX_VERSION } from "@kv/rpc";
+import type { Store } from "./store";
+
+/** A put's answer from the server itself: never `ErrMaybe`, which only a clerk can conclude. */
+export type ServerPutResult = { err: "OK"; version: number } | { err: "ErrVersion" | "ErrNoKey" };
+
+/**
+ * The versioned key/value service of contract §2 over a {@link Store}. It keeps no state of its
+ * own — in particular none per client — so any number of KVServers may share one store.
+ */
+export class KVServer {
+  readonly #store: Store;
+
+  constructor(store: Store) {
+    this.#store = store;
+  }
+
+  /**
+   * The key's value and version, or `ErrNoKey`.
+   * Rejects `InvalidArgumentError` for a key that is not a non-empty string.
+   */
+  async get(key: string): Promise<GetResult> {
+    assertKey(key);
+    const entry = await this.#store.get(key);
+    return entry === undefined ? { err: "ErrNoKey" } : { err: "OK", value: entry.value, version: entry.version };
+  }
+
+  /**
+   * Writes `value` when `version` is the key's current version (0: the key is absent) and
+   * answers the new version; otherwise `ErrVersion` (the key exists) or `ErrNoKey`.
+   * A put whose `id` made the key's current version, and whose `version` is one less, is a
+   * retry of that put: it is answered `OK` with the current version and changes nothing.
+   * Rejects `InvalidArgumentError` for a bad key, value, version or id.
+   */
+  async put(key: string, value: string, version: number, id?: string): Promise<ServerPutResult> {
+    assertKey(key);
+    if (typeof value !== "string") throw new InvalidArgumentError(`value must be a string, got ${typeof value}`);
+    if (!Number.isSafeInteger(version) || version < 0) {
+      throw new InvalidArgumentError(`version must be a safe integer ≥ 0, got ${String(version)}`);
+    }
+    if (id !== undefined && (typeof id !== "string" || id.length < 1 || id.length > MAX_PUT_ID_LENGTH)) {
+      throw new InvalidArgumentError(`id must be a string of 1–${MAX_PUT_ID_LENGTH} characters`);
+    }
+    if (version === MAX_VERSION) {
+      // A key at the largest version is full: the next version would not be a safe integer.
+      return (await this.#store.get(key)) === undefined ? { err: "ErrNoKey" } : { err: "ErrVersion" };
+    }
+    const r = await this.#store.putIfVersion(key, value, version, id);
+    if (r.ok) return { err: "OK", version: r.version };
+    const { current } = r;
+    if (current === undefined) return { err: "ErrNoKey" };
+    if (id !== undefined && current.putId === id && current.version === version + 1) {
+      return { err: "OK", version: current.version };
+    }
+    return { err: "ErrVersion" };
+  }
+}
+
+function assertKey(key: string): void {
+  if (typeof key !== "string" || key.length === 0) {
+    throw new InvalidArgumentError(`key must be a non-empty string, got ${JSON.stringify(key)}`);
+  }
+}

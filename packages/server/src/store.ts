@@ -1,0 +1,36 @@
+/** What a store keeps per key: the value, its version, and the id of the put that wrote it. */
+export interface StoredEntry {
+  readonly value: string;
+  readonly version: number;
+  readonly putId?: string | undefined;
+}
+
+/** The outcome of {@link Store.putIfVersion}. */
+export type PutIfVersionResult =
+  | { readonly ok: true; readonly version: number }
+  | { readonly ok: false; readonly current: StoredEntry | undefined };
+
+/**
+ * Where KVServer keeps its data. Every method is atomic on its own; `putIfVersion` is the one
+ * primitive a backend must make atomic (an LMDB conditional write, an etcd transaction), so the
+ * server needs no lock of its own around it.
+ */
+export interface Store {
+  /** The key's entry, or `undefined` when the key was never written. */
+  get(key: string): Promise<StoredEntry | undefined>;
+  /**
+   * Atomically: when the key's version equals `expectedVersion` (0: the key is absent), store
+   * `value` at version `expectedVersion + 1` together with `putId`, and resolve
+   * `{ ok: true, version }`. Otherwise change nothing and resolve `{ ok: false, current }` with
+   * the entry as it was at that same moment (`undefined`: absent).
+   * Rejects `KvError` `ERR_KV_CLOSED` after `close()`.
+   */
+  putIfVersion(
+    key: string,
+    value: string,
+    expectedVersion: number,
+    putId: string | undefined,
+  ): Promise<PutIfVersionResult>;
+  /** Lets calls in flight finish, then releases the store; idempotent. */
+  close(): Promise<void>;
+}
