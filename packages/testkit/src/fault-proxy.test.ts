@@ -1,0 +1,103 @@
+import { Client } from "undici";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+import { FaultProxy, type FaultRates } from "./fault-proxy";
+import { type ServerProcess, startServerProcess } from "./server-process";
+
+let server: ServerProcess;
+beforeAll(async () => {
+  server = await startServerProcess();
+});
+afterAll(async () => {
+  expect(await server.stop()).toBe(0);
+});
+
+/** One request on a fresh connection: "200", "404", … or the failure's code. */
+async function attempt(base: string, method: "GET" | "PUT", path: string, body?: object): Promise<string> {
+  const client = new Client(base);
+  try {
+    const res = await client.request({
+      method,
+      path,
+      headers: body ? { "content-type": "application/json" } : {},
+      body: body ? JSON.stringify(body) : undefined,
+      signal: AbortSignal.timeout(500),
+    });
+    await res.body.dump();
+    return String(res.statusCode);
+  } catch (err) {
+    const { code, name } = err as { code?: unknown; name: string };
+    return typeof code === "string" ? code : name; // an abort's DOMException has a numeric code
+  } finally {
+    await client.destroy();
+  }
+}
+
+async function startProxy(request: FaultRates = {}, reply: FaultRates = {}) {
+  const proxy = await FaultProxy.start({ target: { host: "127.0.0.1", port: server.port }, seed: 7, request, reply });
+  onTestFinished(() => proxy.close());
+  return proxy;
+}
+
+const isUp = async () => (await attempt(server.url, "GET", "/readyz")) === "200" && server.pid > 0;
+
+describe("FaultProxy in front of the built server", () => {
+  it("forwards everything when no fault is set", async () => {
+    const proxy = await startProxy();
+    expect(await attempt(proxy.url, "PUT", "/v1/kv/clean", { value: "v", version: 0 })).toBe("200");
+    expect(await attempt(proxy.url, "GET", "/v1/kv/clean")).toBe("200");
+    expect(proxy.stats).toMatchObject({ connections: 2, reset: 0, dropped: 0, blackholed: 0 });
+  });
+
+  it("resets connections: the client sees ECONNRESET, the server stays up", async () => {
+    const proxy = await startProxy({ reset: 1 });
+    const outcomes = await Promise.all(Array.from({ length: 5 }, () => attempt(proxy.url, "GET", "/v1/kv/x")));
+    expect(outcomes.every((o) => o === "ECONNRESET"), outcomes.join()).toBe(true);
+    expect(proxy.stats.reset).toBe(5);
+    expect(await isUp()).toBe(true);
+  });
+
+  it("drops requests: the server never sees them", async () => {
+    const proxy = await startProxy({ drop: 1 });
+    const outcome = await attempt(proxy.url, "PUT", "/v1/kv/dropped", { value: "v", version: 0 });
+    expect(outcome).toBe("UND_ERR_SOCKET");
+    expect(proxy.stats.dropped).toBe(1);
+    expect(await attempt(server.url, "GET", "/v1/kv/dropped")).toBe("404");
+  });
+
+  it("drops replies: the server applied the put, the client never learns it", async () => {
+    const proxy = await startProxy({}, { drop: 1 });
+    expect(await attempt(proxy.url, "PUT", "/v1/kv/reply-lost", { value: "v", version: 0 })).toBe("UND_ERR_SOCKET");
+    expect(proxy.stats.dropped).toBe(1);
+    expect(await attempt(server.url, "GET", "/v1/kv/reply-lost")).toBe("200");
+  });
+
+  it("blackholes connections: accepted, never answered, until the client gives up", async () => {
+    const proxy = await startProxy({ blackhole: 1 });
+    const outcomes = await Promise.all(Array.from({ length: 3 }, () => attempt(proxy.url, "GET", "/v1/kv/x")));
+    expect(outcomes).toEqual(["TimeoutError", "TimeoutError", "TimeoutError"]);
+    expect(proxy.stats.blackholed).toBe(3);
+    expect(await isUp()).toBe(true);
+  });
+
+  it("delays traffic and still delivers it in order", async () => {
+    const proxy = await startProxy({ delay: 1, delayMs: 40 }, { delay: 1, delayMs: 40 });
+    const start = performance.now();
+    expect(await attempt(proxy.url, "PUT", "/v1/kv/late", { value: "v", version: 0 })).toBe("200");
+    expect(performance.now() - start).toBeGreaterThanOrEqual(75);
+    expect(proxy.stats.delayed).toBeGreaterThanOrEqual(2);
+  });
+
+  it("mixes faults at rates changed while it runs, and every kind shows up while the server stays up", async () => {
+    const proxy = await startProxy();
+    proxy.setFaults({ request: { reset: 0.2, drop: 0.2, blackhole: 0.1, delay: 0.2, delayMs: 5 }, reply: { drop: 0.1 } });
+    const outcomes = await Promise.all(Array.from({ length: 60 }, (_, i) => attempt(proxy.url, "PUT", `/v1/kv/mix-${i}`, { value: "v", version: 0 })));
+    expect(proxy.stats.reset).toBeGreaterThan(0);
+    expect(proxy.stats.dropped).toBeGreaterThan(0);
+    expect(proxy.stats.blackholed).toBeGreaterThan(0);
+    expect(proxy.stats.delayed).toBeGreaterThan(0);
+    expect(outcomes.filter((o) => o === "200").length).toBeGreaterThan(0);
+    proxy.setFaults({ request: {}, reply: {} });
+    expect(await attempt(proxy.url, "GET", "/v1/kv/mix-0")).toMatch(/^(200|404)$/);
+    expect(await isUp()).toBe(true);
+  });
+});

@@ -1,0 +1,115 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+
+export interface ServerProcessOptions {
+  /**
+   * `KV_*` settings; `KV_PORT` defaults to 0 (a free port). `KV_LOG_LEVEL` is always `info`: the
+   * harness learns the port from the line the server logs at that level.
+   */
+  env?: Record<string, string>;
+  args?: string[];
+  /** The server's entry file (default: the monorepo's built `apps/server/dist/main.js`). */
+  entry?: string;
+  /** How long to wait for the server to listen and answer `/readyz` (default 10 s). */
+  readyTimeoutMs?: number;
+}
+
+/** A built kv server running as a child process. */
+export interface ServerProcess {
+  /** `http://127.0.0.1:<port>`, from the address the server logged. */
+  readonly url: string;
+  readonly port: number;
+  readonly pid: number;
+  /** Resolves with the exit code (null when killed by a signal). */
+  readonly exited: Promise<number | null>;
+  /** SIGTERM, then the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL: a crash. Resolves once the process is gone. */
+  kill(): Promise<void>;
+  /** SIGSTOP: the process stays, its sockets stay open, and nothing is answered. */
+  pause(): void;
+  /** SIGCONT. */
+  resume(): void;
+  /** Everything it wrote to stdout and stderr so far. */
+  output(): string;
+}
+
+const LISTENING = /Server listening at (http:\/\/127\.0\.0\.1:(\d+))/;
+
+/** Where the built server is: `apps/server/dist/main.js` under the workspace root above `from`. */
+export function findServerEntry(from = process.cwd()): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, "pnpm-workspace.yaml"))) return join(dir, "apps", "server", "dist", "main.js");
+    if (dirname(dir) === dir) throw new Error(`no pnpm-workspace.yaml above ${from}: pass the server's entry`);
+  }
+}
+
+/**
+ * Starts the built kv server on 127.0.0.1 and resolves once `/readyz` answers 200.
+ * Rejects, with the process's output, when it exits first or is not ready in time.
+ */
+export async function startServerProcess(options: ServerProcessOptions = {}): Promise<ServerProcess> {
+  const entry = options.entry ?? findServerEntry();
+  if (!existsSync(entry)) throw new Error(`${entry} does not exist: build the server first (pnpm build)`);
+  const child: ChildProcess = spawn(process.execPath, [entry, ...(options.args ?? [])], {
+    env: { PATH: process.env.PATH, KV_HOST: "127.0.0.1", KV_PORT: "0", ...options.env, KV_LOG_LEVEL: "info" },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  child.stdout?.on("data", (chunk) => (output += chunk));
+  child.stderr?.on("data", (chunk) => (output += chunk));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const timeoutMs = options.readyTimeoutMs ?? 10_000;
+  const deadline = Date.now() + timeoutMs;
+
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => fail(new Error(`server did not log its address within ${timeoutMs} ms:\n${output}`)), timeoutMs);
+    const fail = (err: Error) => {
+      clearTimeout(timer);
+      child.kill("SIGKILL");
+      reject(err);
+    };
+    const onData = () => {
+      const match = LISTENING.exec(output);
+      if (match?.[1] === undefined) return;
+      clearTimeout(timer);
+      child.stdout?.off("data", onData);
+      resolve(match[1]);
+    };
+    child.stdout?.on("data", onData);
+    void exited.then((code) => fail(new Error(`server exited with ${code} before listening:\n${output}`)));
+  });
+
+  while (true) {
+    const ready = await fetch(`${url}/readyz`).then((r) => r.status === 200, () => false);
+    if (ready) break;
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL");
+      throw new Error(`server at ${url} not ready within ${timeoutMs} ms:\n${output}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+
+  const signal = (name: NodeJS.Signals) => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(name);
+  };
+  return {
+    url,
+    port: Number(new URL(url).port),
+    pid: child.pid as number,
+    exited,
+    stop: async () => {
+      signal("SIGCONT"); // a paused process cannot handle SIGTERM
+      signal("SIGTERM");
+      return exited;
+    },
+    kill: async () => {
+      signal("SIGKILL");
+      await exited;
+    },
+    pause: () => signal("SIGSTOP"),
+    resume: () => signal("SIGCONT"),
+    output: () => output,
+  };
+}

@@ -1,0 +1,109 @@
+import { hasCode, type PutResult } from "@kv/rpc";
+import { KVServer, MemoryStore, type PutIfVersionResult, type Store, type StoredEntry } from "@kv/server";
+import { describe, expect, it } from "vitest";
+import { checkLinearizable } from "./check-linearizable";
+import { testSeed } from "./random";
+import { assertLinearizable, recordHistory } from "./record-history";
+import { SimNetwork, type SimNetworkOptions } from "./sim-network";
+
+const lossy: Omit<SimNetworkOptions, "seed"> = { requestLoss: 0.2, replyLoss: 0.2, longDelayRate: 0.05, longDelayMs: 300 };
+
+async function runWorkers(store: Store, seed: number, options = lossy) {
+  const net = new SimNetwork(new KVServer(store), { seed, ...options });
+  const transports = Array.from({ length: 10 }, (_, c) => net.transport(c));
+  const history = await recordHistory({
+    clients: 10,
+    opsPerClient: 60,
+    keys: ["a", "b", "c"],
+    seed,
+    now: () => net.now(),
+    execute: (c, op) => {
+      const t = transports[c];
+      if (t === undefined) throw new Error(`no client ${c}`);
+      return op.kind === "get" ? t.get(op.key) : t.put({ key: op.key, value: op.value, version: op.version });
+    },
+  });
+  return { net, history, stats: { ...net.stats } }; // late messages may still be in flight: snapshot now
+}
+
+/** A store that ignores the expected version: every put wins. */
+class VersionBlindStore implements Store {
+  readonly #entries = new Map<string, StoredEntry>();
+  async get(key: string) {
+    return this.#entries.get(key);
+  }
+  async putIfVersion(key: string, value: string): Promise<PutIfVersionResult> {
+    const version = (this.#entries.get(key)?.version ?? 0) + 1;
+    this.#entries.set(key, { value, version });
+    return { ok: true, version };
+  }
+  async close() {}
+}
+
+describe("SimNetwork", () => {
+  it("keeps KVServer linearizable for 10 single-try clients at 20 % request and 20 % reply loss", async () => {
+    const seed = testSeed();
+    const { net, history } = await runWorkers(new MemoryStore(), seed);
+    expect(net.stats.lostRequests, `seed ${seed}`).toBeGreaterThan(0);
+    expect(net.stats.lostReplies, `seed ${seed}`).toBeGreaterThan(0);
+    const unanswered = history.filter((e) => e.return === undefined).length;
+    expect(unanswered, `seed ${seed}`).toBeGreaterThan(history.length / 5);
+    assertLinearizable(history, { seed });
+  });
+
+  it("lets the checker catch a store that ignores versions", async () => {
+    const seed = testSeed();
+    const { history } = await runWorkers(new VersionBlindStore(), seed);
+    expect(checkLinearizable(history), `seed ${seed}`).toMatchObject({ result: "illegal" });
+  });
+
+  it("replays the same run from the same seed", async () => {
+    const seed = testSeed();
+    const first = await runWorkers(new MemoryStore(), seed);
+    const second = await runWorkers(new MemoryStore(), seed);
+    expect(second.history, `seed ${seed}`).toEqual(first.history);
+    expect(second.stats).toEqual(first.stats);
+    const other = await runWorkers(new MemoryStore(), seed + 1);
+    expect(other.history).not.toEqual(first.history);
+  });
+
+  it("delivers late requests after their sender gave up, out of order", async () => {
+    const net = new SimNetwork(new KVServer(new MemoryStore()), { seed: 1, longDelayRate: 1, longDelayMs: 1000 });
+    const t = net.transport(0);
+    const results = await Promise.allSettled(
+      Array.from({ length: 20 }, (_, i) => t.put({ key: `k${i}`, value: "v", version: 0 })),
+    );
+    const timedOut = results.filter((r) => r.status === "rejected" && hasCode(r.reason, "ERR_KV_NO_REPLY")).length;
+    expect(timedOut).toBeGreaterThan(0);
+    await net.sleep(2000); // let the late requests land
+    net.setFaults({ longDelayRate: 0 });
+    const landed = await Promise.all(Array.from({ length: 20 }, (_, i) => net.transport(1).get(`k${i}`).catch(() => undefined)));
+    expect(landed.every((r) => r?.err === "OK")).toBe(true); // all 20 landed, though most senders saw no reply
+  });
+
+  it("cuts a partitioned client off both ways until healed, and lets the others through", async () => {
+    const net = new SimNetwork(new KVServer(new MemoryStore()), { seed: 2 });
+    const [cut, other] = [net.transport(0), net.transport(1)];
+    net.partition([0]);
+    await expect(cut.put({ key: "k", value: "v", version: 0 })).rejects.toMatchObject({ code: "ERR_KV_NO_REPLY" });
+    expect(await other.get("k")).toEqual({ err: "ErrNoKey" }); // the cut-off put never arrived
+    expect(await other.put({ key: "k", value: "w", version: 0 })).toEqual({ err: "OK", version: 1 });
+    net.heal();
+    expect(await cut.get("k")).toEqual({ err: "OK", value: "w", version: 1 });
+    expect(net.stats.partitioned).toBeGreaterThan(0);
+  });
+
+  it("advances virtual time only: a long simulated run takes little real time", async () => {
+    const net = new SimNetwork(new KVServer(new MemoryStore()), { seed: 3 });
+    await net.sleep(60_000);
+    expect(net.now()).toBe(60_000);
+  });
+
+  it("passes a server's rejection to the client as a reply", async () => {
+    const net = new SimNetwork(new KVServer(new MemoryStore()), { seed: 4 });
+    const err = await net.transport(0).put({ key: "", value: "v", version: 0 }).catch((e: unknown) => e);
+    expect(hasCode(err, "ERR_INVALID_ARG_VALUE")).toBe(true);
+    const ok: PutResult = await net.transport(0).put({ key: "k", value: "v", version: 0, id: "p1" });
+    expect(ok).toEqual({ err: "OK", version: 1 });
+  });
+});

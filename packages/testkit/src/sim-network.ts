@@ -1,0 +1,257 @@
+import type { GetResult, PutRequest, PutResult, Transport, TransportCallOptions } from "@kv/rpc";
+import { KvError, NetworkError } from "@kv/rpc";
+import { createRandom } from "./random";
+
+/** What the simulated network connects clients to: a KVServer, or anything shaped like one. */
+export interface SimServer {
+  get(key: string): Promise<GetResult>;
+  put(key: string, value: string, version: number, id?: string): Promise<PutResult>;
+}
+
+export interface SimFaults {
+  /** Chance that a request is lost on its way to the server (0–1). */
+  requestLoss: number;
+  /** Chance that a reply is lost on its way back, after the server acted (0–1). */
+  replyLoss: number;
+  /** Each message takes a delay drawn uniformly from [minDelayMs, maxDelayMs]… */
+  minDelayMs: number;
+  maxDelayMs: number;
+  /** …or, with this chance, one drawn from [0, longDelayMs]: late messages overtake and arrive after their sender gave up. */
+  longDelayRate: number;
+  longDelayMs: number;
+}
+
+export interface SimNetworkOptions extends Partial<SimFaults> {
+  /** Every fault and delay is drawn from this seed: the same seed replays the same run. */
+  seed: number;
+  /** How long a transport waits for a reply before its call rejects `NetworkError` (virtual ms). */
+  replyTimeoutMs?: number;
+}
+
+export interface SimStats {
+  requests: number;
+  lostRequests: number;
+  lostReplies: number;
+  partitioned: number;
+  timeouts: number;
+}
+
+/** The virtual clock every participant of a simulation must use instead of timers. */
+export interface SimClock {
+  now(): number;
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+}
+
+interface Scheduled {
+  time: number;
+  seq: number;
+  run: () => void;
+  isCancelled: boolean;
+}
+
+const DEFAULT_FAULTS: SimFaults = {
+  requestLoss: 0,
+  replyLoss: 0,
+  minDelayMs: 0,
+  maxDelayMs: 5,
+  longDelayRate: 0,
+  longDelayMs: 200,
+};
+const DEFAULT_REPLY_TIMEOUT_MS = 100;
+
+/**
+ * An unreliable network between clients and one in-process server, run in virtual time: every
+ * message is an event in one queue, delivered in order of its time, one event per macrotask, so
+ * each delivery's consequences settle before the next. Faults and delays come from a seeded
+ * generator, so a run is a function of its seed — as long as the clients wait only through
+ * `transport(…)` and `clock`, never on real timers.
+ */
+export class SimNetwork implements SimClock {
+  readonly seed: number;
+  readonly stats: SimStats = { requests: 0, lostRequests: 0, lostReplies: 0, partitioned: 0, timeouts: 0 };
+  readonly #server: SimServer;
+  readonly #random: () => number;
+  readonly #replyTimeoutMs: number;
+  #faults: SimFaults;
+  readonly #cutOff = new Set<number>();
+  readonly #queue: Scheduled[] = [];
+  #seq = 0;
+  #now = 0;
+  #serverCallsInFlight = 0;
+  #isTickScheduled = false;
+
+  constructor(server: SimServer, options: SimNetworkOptions) {
+    this.#server = server;
+    this.seed = options.seed;
+    this.#random = createRandom(options.seed);
+    this.#replyTimeoutMs = options.replyTimeoutMs ?? DEFAULT_REPLY_TIMEOUT_MS;
+    this.#faults = { ...DEFAULT_FAULTS, ...options };
+  }
+
+  /** Virtual milliseconds since the network was made. */
+  now(): number {
+    return this.#now;
+  }
+
+  /** Resolves after `ms` virtual milliseconds; rejects with the signal's reason when aborted. */
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      const onAbort = () => {
+        event.isCancelled = true;
+        reject(signal?.reason);
+      };
+      const event = this.#schedule(ms, () => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      });
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  /** Changes fault rates from now on (partitions are separate: see `partition`). */
+  setFaults(faults: Partial<SimFaults>): void {
+    this.#faults = { ...this.#faults, ...faults };
+  }
+
+  /** Cuts these clients off: their messages, both ways and already in flight, are lost until `heal`. */
+  partition(clients: Iterable<number>): void {
+    for (const c of clients) this.#cutOff.add(c);
+  }
+
+  /** Reconnects every client. */
+  heal(): void {
+    this.#cutOff.clear();
+  }
+
+  /** Client `client`'s end of the network: each call is one try, which rejects `NetworkError` on no reply. */
+  transport(client: number): Transport {
+    let isClosed = false;
+    const closed = () => Promise.reject(new KvError("ERR_KV_CLOSED", "the transport is closed"));
+    return {
+      get: (key: string, options?: TransportCallOptions) =>
+        isClosed ? closed() : this.#call(client, () => this.#server.get(key), options?.signal),
+      put: (r: PutRequest, options?: TransportCallOptions) =>
+        isClosed ? closed() : this.#call(client, () => this.#server.put(r.key, r.value, r.version, r.id), options?.signal),
+      close: async () => {
+        isClosed = true;
+      },
+    };
+  }
+
+  #call<R>(client: number, serve: () => Promise<R>, signal: AbortSignal | undefined): Promise<R> {
+    return new Promise<R>((resolve, reject) => {
+      if (signal?.aborted) return reject(signal.reason);
+      let isSettled = false;
+      const settle = (outcome: { ok: true; value: R } | { ok: false; error: unknown }) => {
+        if (isSettled) return;
+        isSettled = true;
+        timeout.isCancelled = true;
+        signal?.removeEventListener("abort", onAbort);
+        if (outcome.ok) resolve(outcome.value);
+        else reject(outcome.error);
+      };
+      const onAbort = () => settle({ ok: false, error: signal?.reason });
+      signal?.addEventListener("abort", onAbort, { once: true });
+      const timeout = this.#schedule(this.#replyTimeoutMs, () => {
+        this.stats.timeouts++;
+        settle({ ok: false, error: new NetworkError(`no reply within ${this.#replyTimeoutMs} ms (simulated)`) });
+      });
+
+      this.stats.requests++;
+      if (this.#isLost(client, this.#faults.requestLoss, "lostRequests")) return;
+      this.#schedule(this.#delay(), () => {
+        if (this.#isLost(client, 0, "lostRequests")) return;
+        this.#serverCallsInFlight++;
+        serve()
+          .then(
+            (value) => ({ ok: true as const, value }),
+            (error: unknown) => ({ ok: false as const, error }),
+          )
+          .then((outcome) => {
+            this.#serverCallsInFlight--;
+            if (!this.#isLost(client, this.#faults.replyLoss, "lostReplies")) {
+              this.#schedule(this.#delay(), () => {
+                if (!this.#isLost(client, 0, "lostReplies")) settle(outcome);
+              });
+            }
+            this.#kick();
+          });
+      });
+    });
+  }
+
+  #isLost(client: number, rate: number, counter: "lostRequests" | "lostReplies"): boolean {
+    if (this.#cutOff.has(client)) {
+      this.stats.partitioned++;
+      return true;
+    }
+    if (rate > 0 && this.#random() < rate) {
+      this.stats[counter]++;
+      return true;
+    }
+    return false;
+  }
+
+  #delay(): number {
+    const f = this.#faults;
+    if (f.longDelayRate > 0 && this.#random() < f.longDelayRate) return this.#random() * f.longDelayMs;
+    return f.minDelayMs + this.#random() * (f.maxDelayMs - f.minDelayMs);
+  }
+
+  #schedule(delayMs: number, run: () => void): Scheduled {
+    const event: Scheduled = { time: this.#now + delayMs, seq: this.#seq++, run, isCancelled: false };
+    heapPush(this.#queue, event);
+    this.#kick();
+    return event;
+  }
+
+  #kick(): void {
+    if (this.#isTickScheduled || this.#serverCallsInFlight > 0 || this.#queue.length === 0) return;
+    this.#isTickScheduled = true;
+    // setImmediate runs after every microtask: what one delivery set off has settled before the next.
+    setImmediate(() => {
+      this.#isTickScheduled = false;
+      if (this.#serverCallsInFlight > 0) return; // the server's reply kicks again
+      let event = heapPop(this.#queue);
+      while (event?.isCancelled) event = heapPop(this.#queue);
+      if (event !== undefined) {
+        this.#now = Math.max(this.#now, event.time);
+        event.run();
+      }
+      this.#kick();
+    });
+  }
+}
+
+const before = (a: Scheduled, b: Scheduled) => a.time < b.time || (a.time === b.time && a.seq < b.seq);
+
+function heapPush(heap: Scheduled[], item: Scheduled): void {
+  heap.push(item);
+  let i = heap.length - 1;
+  while (i > 0) {
+    const parent = (i - 1) >> 1;
+    if (!before(item, heap[parent] as Scheduled)) break;
+    heap[i] = heap[parent] as Scheduled;
+    i = parent;
+  }
+  heap[i] = item;
+}
+
+function heapPop(heap: Scheduled[]): Scheduled | undefined {
+  const top = heap[0];
+  const last = heap.pop();
+  if (heap.length === 0 || last === undefined) return top;
+  let i = 0;
+  while (true) {
+    const l = 2 * i + 1;
+    if (l >= heap.length) break;
+    const r = l + 1;
+    const child = r < heap.length && before(heap[r] as Scheduled, heap[l] as Scheduled) ? r : l;
+    if (!before(heap[child] as Scheduled, last)) break;
+    heap[i] = heap[child] as Scheduled;
+    i = child;
+  }
+  heap[i] = last;
+  return top;
+}
