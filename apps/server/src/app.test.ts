@@ -1,11 +1,12 @@
 import { MAX_VERSION } from "@kv/rpc";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { startTestServer, type TestServer } from "./testing";
 
 let kv: TestServer;
 beforeAll(async () => {
   kv = await startTestServer();
 });
+afterAll(() => kv.close());
 
 describe("GET and PUT /v1/kv/:key (contract §2 over HTTP)", () => {
   it("answers 404 ErrNoKey for a key never written", async () => {
@@ -106,6 +107,7 @@ describe("bad input is refused with the contract's reply and changes nothing", (
     ["truncated UTF-8 in the key", "PUT", "/v1/kv/%E2%82", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
     ["a DELETE", "DELETE", "/v1/kv/guarded", undefined, {}, 405, "ErrMethodNotAllowed"],
     ["a POST", "POST", "/v1/kv/guarded", { value: "x", version: 1 }, {}, 405, "ErrMethodNotAllowed"],
+    ["an OPTIONS", "OPTIONS", "/v1/kv/guarded", undefined, {}, 405, "ErrMethodNotAllowed"],
     ["an empty key on GET", "GET", "/v1/kv/", undefined, {}, 400, "ErrBadRequest"],
     ["an unknown query parameter on GET", "GET", "/v1/kv/guarded?x=1", undefined, {}, 400, "ErrBadRequest"],
     ["an unknown path", "GET", "/v2/kv/guarded", undefined, {}, 404, "ErrNotFound"],
@@ -123,6 +125,8 @@ describe("bad input is refused with the contract's reply and changes nothing", (
     expect(await kv.store.get("guarded")).toEqual({ value: "original", version: 1 });
     expect(await kv.store.get("")).toBeUndefined();
     expect(await kv.store.get("%zz")).toBeUndefined();
+    expect(await kv.store.get("k".repeat(4097))).toBeUndefined();
+    expect(await kv.store.get("é".repeat(3000))).toBeUndefined();
   });
 
   it("names the extra field in its message", async () => {
@@ -178,6 +182,7 @@ describe("value size limit (KV_MAX_VALUE_BYTES, default 1 MiB of UTF-8)", () => 
 describe("configured limits", () => {
   it("applies KV_MAX_KEY_BYTES and KV_MAX_VALUE_BYTES", async () => {
     const small = await startTestServer({ KV_MAX_KEY_BYTES: "8", KV_MAX_VALUE_BYTES: "4" });
+    onTestFinished(() => small.close());
     expect(await small.put("12345678", { value: "1234", version: 0 })).toMatchObject({ status: 200 });
     expect(await small.put("123456789", { value: "1", version: 0 })).toMatchObject({ status: 400, body: { err: "ErrBadRequest" } });
     expect(await small.put("k", { value: "12345", version: 0 })).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });
@@ -192,6 +197,7 @@ describe("bearer token (KV_AUTH_TOKEN)", () => {
     secured = await startTestServer({ KV_AUTH_TOKEN: "s3cret-token" });
     await secured.store.putIfVersion("k", "original", 0, undefined);
   });
+  afterAll(() => secured.close());
 
   it.each([
     ["no token", {}],
@@ -214,6 +220,14 @@ describe("bearer token (KV_AUTH_TOKEN)", () => {
   it("leaves /healthz and /readyz open", async () => {
     expect((await secured.request("GET", "/healthz")).status).toBe(200);
     expect((await secured.request("GET", "/readyz")).status).toBe(200);
+  });
+});
+
+describe("closing", () => {
+  it("closes the store once the app is closed", async () => {
+    const own = await startTestServer();
+    await own.close();
+    await expect(own.store.get("k")).rejects.toMatchObject({ code: "ERR_KV_CLOSED" });
   });
 });
 

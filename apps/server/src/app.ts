@@ -24,6 +24,8 @@ export async function buildApp(config: Config, store: Store): Promise<FastifyIns
     // One log line per request would cost more than the request on this hot path;
     // errors and lifecycle events are still logged.
     logController: new LogController({ disableRequestLogging: true }),
+    // Fastify's own 503 while closing has no `err`; the onRequest hook below sends the contract's.
+    return503OnClosing: false,
     bodyLimit: config.maxValueBytes * JSON_ESCAPE_FACTOR + BODY_OVERHEAD_BYTES,
     // A key's percent-encoding can be three times its bytes; longer is too long for certain.
     routerOptions: { maxParamLength: config.maxKeyBytes * 3 },
@@ -76,11 +78,16 @@ export async function buildApp(config: Config, store: Store): Promise<FastifyIns
     refuse(reply, "ErrNotFound", `no route ${request.method} ${request.url.split("?")[0]}`),
   );
 
-  // A reply sent while closing ends its connection: a keep-alive socket left open would hold
-  // the process up until its keep-alive timeout.
+  // While closing: requests already running are answered; a request that arrives now is refused
+  // before it touches the store, so a clerk may retry it elsewhere without ambiguity. Every
+  // reply then ends its connection: a keep-alive socket would hold the process up.
   let isClosing = false;
   app.addHook("preClose", async () => {
     isClosing = true;
+  });
+  app.addHook("onRequest", (_request, reply, done) => {
+    if (isClosing) refuse(reply, "ErrUnavailable", "the server is shutting down");
+    done();
   });
   app.addHook("onSend", (_request, reply, payload, done) => {
     if (isClosing) reply.header("connection", "close");

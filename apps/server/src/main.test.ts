@@ -37,6 +37,12 @@ function startServer(env: Record<string, string>, args: string[] = []) {
   return { child, exited, listening, output: () => ({ stdout, stderr }) };
 }
 
+/** Polls `condition` every 10 ms for at most 10 s. */
+async function waitFor(condition: () => boolean): Promise<void> {
+  for (let i = 0; i < 1000 && !condition(); i++) await new Promise((r) => setTimeout(r, 10));
+  expect(condition()).toBe(true);
+}
+
 describe("the built server (dist/main.js)", () => {
   it("logs one line with the bound address and serves requests", async () => {
     const server = startServer({});
@@ -48,35 +54,49 @@ describe("the built server (dist/main.js)", () => {
     expect(server.output().stdout.split("\n").filter((l) => l.includes("listening"))).toHaveLength(1);
   });
 
-  it("on SIGTERM stops accepting, answers the request in flight, and exits 0", async () => {
-    const server = startServer({});
-    const url = await server.listening;
-    const body = JSON.stringify({ value: "sent slowly", version: 0 });
-    const half = Math.floor(body.length / 2);
+  it.each(["SIGTERM", "SIGINT"] as const)(
+    "on %s stops accepting, answers the request in flight, refuses one that arrives, and exits 0",
+    async (signal) => {
+      const server = startServer({});
+      const url = await server.listening;
+      const open = async () => {
+        const socket = connect(Number(url.port), url.hostname);
+        await once(socket, "connect");
+        const reply = { text: "" };
+        socket.on("data", (chunk) => (reply.text += chunk));
+        return { socket, reply };
+      };
+      const body = JSON.stringify({ value: "sent slowly", version: 0 });
+      const half = Math.floor(body.length / 2);
 
-    // A put whose body arrives in two parts, with SIGTERM in between.
-    const socket = connect(Number(url.port), url.hostname);
-    await once(socket, "connect");
-    let reply = "";
-    socket.on("data", (chunk) => (reply += chunk));
-    socket.write(
-      `PUT /v1/kv/slow HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, half)}`,
-    );
-    await new Promise((r) => setTimeout(r, 200));
-    server.child.kill("SIGTERM");
-    await new Promise((r) => setTimeout(r, 300));
+      // A put whose body arrives in two parts, and a get whose headers do, with the signal in between.
+      const inFlight = await open();
+      inFlight.socket.write(
+        `PUT /v1/kv/slow HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, half)}`,
+      );
+      const late = await open();
+      late.socket.write("GET /v1/kv/slow HTTP/1.1\r\nHost: kv\r\n");
+      await new Promise((r) => setTimeout(r, 100)); // let the server read both parts
+      server.child.kill(signal);
+      await waitFor(() => server.output().stdout.includes('"msg":"closing"'));
 
-    expect(server.child.exitCode).toBe(null); // still waiting for the request in flight
-    const refused = connect(Number(url.port), url.hostname);
-    const [err] = await once(refused, "error");
-    expect(err.code).toBe("ECONNREFUSED"); // no longer accepting
+      const refused = connect(Number(url.port), url.hostname);
+      const [err] = await once(refused, "error");
+      expect(err.code).toBe("ECONNREFUSED"); // no longer accepting
+      expect(server.child.exitCode).toBe(null); // still waiting for the request in flight
 
-    socket.write(body.slice(half));
-    await once(socket, "close");
-    expect(reply).toMatch(/^HTTP\/1\.1 200 /);
-    expect(reply).toContain('{"err":"OK","version":1}');
-    expect(await server.exited).toBe(0);
-  });
+      late.socket.write("\r\n");
+      await once(late.socket, "close");
+      expect(late.reply.text).toMatch(/^HTTP\/1\.1 503 /);
+      expect(late.reply.text).toContain('{"err":"ErrUnavailable","message":"the server is shutting down"}');
+
+      inFlight.socket.write(body.slice(half));
+      await once(inFlight.socket, "close");
+      expect(inFlight.reply.text).toMatch(/^HTTP\/1\.1 200 /);
+      expect(inFlight.reply.text).toContain('{"err":"OK","version":1}');
+      expect(await server.exited).toBe(0);
+    },
+  );
 
   it.each([
     [{ KV_PORT: "abc" }, [], /KV_PORT must be an integer from 0 to 65535, got "abc"/],

@@ -3,7 +3,6 @@ import { kvPath } from "@kv/rpc";
 import { MemoryStore } from "@kv/server";
 import type { FastifyInstance } from "fastify";
 import { Pool } from "undici";
-import { afterAll } from "vitest";
 import { buildApp } from "./app";
 import { type Config, parseConfig } from "./config";
 
@@ -21,19 +20,17 @@ export interface TestServer {
   request(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<Reply>;
   get(key: string): Promise<Reply>;
   put(key: string, body: unknown): Promise<Reply>;
+  /** Closes the client pool and the app (which closes the store). */
+  close(): Promise<void>;
 }
 
-/** Starts the app on 127.0.0.1, port 0, over a fresh MemoryStore; closed after the file's tests. */
+/** Starts the app on 127.0.0.1, port 0, over a fresh MemoryStore. The caller closes it. */
 export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
   const config: Config = parseConfig({ KV_LOG_LEVEL: "silent", ...env }, []);
   const store = new MemoryStore();
   const app = await buildApp(config, store);
   const base = await app.listen({ host: "127.0.0.1", port: 0 });
   const pool = new Pool(base, { connections: 128 });
-  afterAll(async () => {
-    await pool.close();
-    await app.close();
-  });
   const request = async (method: string, path: string, body?: unknown, headers: Record<string, string> = {}) => {
     const isRaw = typeof body === "string" || Buffer.isBuffer(body);
     const res = await pool.request({
@@ -56,5 +53,9 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
     request,
     get: (key) => request("GET", kvPath(key)),
     put: (key, body) => request("PUT", kvPath(key), body),
+    close: async () => {
+      await pool.close();
+      await app.close();
+    },
   };
 }

@@ -127,6 +127,9 @@ describe("KVServer argument checks", () => {
     await expect(kv.put("k", "v", 0, "")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
     await expect(kv.put("k", "v", 0, "x".repeat(65))).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
     expect(await kv.put("k", "v", 0, "x".repeat(64))).toEqual({ err: "OK", version: 1 });
+    // Characters are code points: 64 emoji (128 UTF-16 units) are 64 characters.
+    expect(await kv.put("e", "v", 0, "🔑".repeat(64))).toEqual({ err: "OK", version: 1 });
+    await expect(kv.put("e", "v", 1, "🔑".repeat(65))).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
   });
 
   it("accepts the largest version, which never matches a key: ErrNoKey when absent, ErrVersion when present", async () => {

@@ -38,7 +38,8 @@ export class KVServer {
     if (!Number.isSafeInteger(version) || version < 0) {
       throw new InvalidArgumentError(`version must be a safe integer ≥ 0, got ${String(version)}`);
     }
-    if (id !== undefined && (typeof id !== "string" || id.length < 1 || id.length > MAX_PUT_ID_LENGTH)) {
+    // Characters are code points, as JSON Schema counts them for the HTTP route.
+    if (id !== undefined && (typeof id !== "string" || id === "" || (id.length > MAX_PUT_ID_LENGTH && [...id].length > MAX_PUT_ID_LENGTH))) {
       throw new InvalidArgumentError(`id must be a string of 1–${MAX_PUT_ID_LENGTH} characters`);
     }
     if (version === MAX_VERSION) {

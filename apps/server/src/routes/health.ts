@@ -1,8 +1,8 @@
 import type { FastifyInstance } from "fastify";
 
 /**
- * `/healthz`: the process is up. `/readyz`: it serves requests; while closing, Fastify answers
- * every new request 503 (`return503OnClosing`), readiness included.
+ * `/healthz`: the process is up. `/readyz`: it serves requests; while closing, every new
+ * request, readiness included, is answered 503 `ErrUnavailable` (see `buildApp`).
  */
 export async function healthRoutes(app: FastifyInstance): Promise<void> {
   const Status = {

@@ -92,7 +92,7 @@ export async function kvRoutes(app: FastifyInstance, { server, config }: KvRoute
   const noKey = async (_: unknown, reply: FastifyReply) => refuse(reply, "ErrBadRequest", "key must not be empty");
   app.route({ method: ["GET", "PUT"], url: "/kv", schema: { hide: true }, handler: noKey });
   app.route({
-    method: ["POST", "DELETE", "PATCH"],
+    method: ["POST", "DELETE", "PATCH", "OPTIONS", "TRACE"],
     url: route,
     schema: { hide: true },
     handler: async (request, reply) =>
