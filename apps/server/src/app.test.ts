@@ -134,21 +134,35 @@ describe("bad input is refused with the contract's reply and changes nothing", (
     expect(reply.body.message).toContain('"ttl"');
   });
 
-  it("answers a request Node's parser refuses with the contract's shape", async () => {
-    const { Socket } = await import("node:net");
-    const url = new URL(kv.base);
-    const text = await new Promise<string>((resolve, reject) => {
-      const socket = new Socket();
-      let data = "";
-      socket.on("data", (chunk) => (data += chunk));
-      socket.on("end", () => resolve(data));
-      socket.on("error", reject);
-      socket.connect(Number(url.port), url.hostname, () => socket.write("GET /v1/kv/é HTTP/1.1\r\nHost: x\r\n\r\n"));
-    });
-    expect(text).toMatch(/^HTTP\/1\.1 400/);
+  it.each([
+    ["a request line Node's parser refuses", "GET /v1/kv/é HTTP/1.1\r\nHost: x\r\n\r\n", 400],
+    ["a CONNECT", "CONNECT /v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n", 400],
+    ["an unsupported Expect", "GET /v1/kv/guarded HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nConnection: close\r\n\r\n", 417],
+  ])("answers %s with the contract's shape", async (_, request, status) => {
+    const text = await rawExchange(kv.base, request);
+    expect(text).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
     expect(JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4))).toMatchObject({ err: "ErrBadRequest" });
   });
+
+  it("serves a request without a Host header", async () => {
+    const text = await rawExchange(kv.base, "GET /v1/kv/guarded HTTP/1.1\r\nConnection: close\r\n\r\n");
+    expect(text).toMatch(/^HTTP\/1\.1 200 /);
+  });
 });
+
+/** Writes `request` on a fresh socket and returns everything read until the server closes it. */
+async function rawExchange(base: string, request: string): Promise<string> {
+  const { Socket } = await import("node:net");
+  const url = new URL(base);
+  return new Promise<string>((resolve, reject) => {
+    const socket = new Socket();
+    let data = "";
+    socket.on("data", (chunk) => (data += chunk));
+    socket.on("end", () => resolve(data));
+    socket.on("error", reject);
+    socket.connect(Number(url.port), url.hostname, () => socket.write(request));
+  });
+}
 
 describe("value size limit (KV_MAX_VALUE_BYTES, default 1 MiB of UTF-8)", () => {
   const limit = 1024 * 1024;

@@ -1,4 +1,5 @@
 import { createRequire } from "node:module";
+import type { Duplex } from "node:stream";
 import swagger from "@fastify/swagger";
 import { hasCode } from "@kv/rpc";
 import { KVServer, type Store } from "@kv/server";
@@ -35,14 +36,19 @@ export async function buildApp(config: Config, store: Store): Promise<FastifyIns
       const tooLong = hasCode(err, "FST_ERR_MAX_PARAM_LENGTH");
       refuse(reply, "ErrBadRequest", tooLong ? `key must be at most ${config.maxKeyBytes} UTF-8 bytes` : err.message);
     },
+    // Keys and values do not depend on Host; Node's own refusal of a missing one has no body.
+    http: { requireHostHeader: false },
     clientErrorHandler: (err, socket) => {
       // Requests Node's parser refuses (bad request line, headers too large) get the contract's shape too.
       if (!socket.writable) return socket.destroy(err);
-      const body = JSON.stringify({ err: "ErrBadRequest", message: err.message });
-      socket.end(
-        `HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-      );
+      socket.end(rawBadRequest(err.message));
     },
+  });
+  // What Node answers itself, with no body, gets the contract's shape as well.
+  app.server.on("connect", (_request, socket: Duplex) => socket.end(rawBadRequest("CONNECT is not supported")));
+  app.server.on("checkExpectation", (request, response) => {
+    const body = JSON.stringify({ err: "ErrBadRequest", message: `unsupported expectation: ${request.headers.expect}` });
+    response.writeHead(417, { "content-type": "application/json", "content-length": Buffer.byteLength(body) }).end(body);
   });
 
   await app.register(swagger, {
@@ -101,4 +107,10 @@ export async function buildApp(config: Config, store: Store): Promise<FastifyIns
 
   await app.ready();
   return app;
+}
+
+/** A whole HTTP/1.1 400 reply in the contract's shape, for a socket Fastify never saw a request on. */
+function rawBadRequest(message: string): string {
+  const body = JSON.stringify({ err: "ErrBadRequest", message });
+  return `HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
 }
