@@ -50,7 +50,9 @@ describe("checkLinearizable on hand-written histories", () => {
     const h = [put(0, 0, 1, "a", 0, OK(1)), put(0, 2, 3, "b", 1, OK(2)), get(1, 4, 5, read("a", 1))];
     const r = checkLinearizable(h);
     expect(r).toMatchObject({ result: "illegal", key: "k" });
-    if (r.result === "illegal") expect(r.explanation).toContain('get("k") → OK "a"@1');
+    if (r.result !== "illegal") return;
+    expect(r.explanation).toContain('The longest consistent order places 2, ending with:\n  c0 put("k","a",0) → OK @1');
+    expect(r.explanation).toContain('the key is at version 2, value "b", and none of these may come next:\n  c1 get("k") → OK "a"@1');
   });
 
   it("catches a lost update: two puts at the same version both OK", () => {
@@ -81,6 +83,28 @@ describe("checkLinearizable on hand-written histories", () => {
   it("keeps keys apart: a read of one key is not explained by a write to another", () => {
     const h = [put(0, 0, 1, "a", 0, OK(1), "x"), get(1, 2, 3, read("a", 1), "y")];
     expect(checkLinearizable(h)).toMatchObject({ result: "illegal", key: "y" });
+  });
+});
+
+describe("checkLinearizable and one client's own order", () => {
+  it("catches a client that reads its key as absent right after its own put returned OK", () => {
+    const h = [put(0, 0, 5, "a", 0, OK(1)), get(0, 5, 6, NoKey)];
+    expect(checkLinearizable(h)).toMatchObject({ result: "illegal" });
+  });
+
+  it("catches a client that sees its own put before calling it", () => {
+    const h = [get(0, 0, 5, read("b", 1)), put(0, 5, 6, "b", 0, OK(1))];
+    expect(checkLinearizable(h)).toMatchObject({ result: "illegal" });
+  });
+
+  it("still lets two clients' touching ops run concurrently", () => {
+    const h = [put(0, 0, 5, "a", 0, OK(1)), get(1, 5, 6, NoKey)];
+    expect(checkLinearizable(h)).toEqual({ result: "ok" });
+  });
+
+  it("lets a client's put with no reply land after the client's next op", () => {
+    const h = [put(0, 0, undefined, "a", 0), get(0, 5, 6, NoKey), get(1, 10, 11, read("a", 1))];
+    expect(checkLinearizable(h)).toEqual({ result: "ok" });
   });
 });
 
@@ -195,19 +219,24 @@ describe("checkLinearizable properties", () => {
   });
 });
 
-/** Tries every order of a small history: the definition of linearizability, executed. */
+/**
+ * Tries every order of a small history: the definition of linearizability, executed. Real-time
+ * order, plus each client's own order of ops on one key (their times may touch).
+ */
 function bruteForce(history: Event[]): boolean {
   const ops = history.filter((e) => !(e.op.kind === "get" && e.output === undefined));
   const end = (e: Event) => e.return ?? Number.POSITIVE_INFINITY;
   const used = new Array<boolean>(ops.length).fill(false);
   const states = new Map<string, { value: string; version: number }>();
+  const mustPrecede = (o: Event, j: number, e: Event, i: number) =>
+    end(o) < e.call ||
+    (o.client === e.client && o.op.key === e.op.key && o.return !== undefined && (o.call < e.call || (o.call === e.call && j < i)));
   const tryFrom = (placed: number): boolean => {
     if (placed === ops.length) return true;
     for (let i = 0; i < ops.length; i++) {
       if (used[i]) continue;
       const e = ops[i] as Event;
-      // Every op that returned before e was called must already be placed.
-      if (ops.some((o, j) => !used[j] && j !== i && end(o) < e.call)) continue;
+      if (ops.some((o, j) => !used[j] && j !== i && mustPrecede(o, j, e, i))) continue;
       const cur = states.get(e.op.key);
       const version = cur?.version ?? 0;
       let write: { value: string; version: number } | undefined;
@@ -246,39 +275,46 @@ describe("checkLinearizable against brute force", () => {
     fc.constant(Maybe),
     fc.integer({ min: 1, max: 3 }).map(OK),
   );
-  const eventArb = fc
-    .record({
-      kind: fc.constantFrom("get", "put"),
-      key: fc.constantFrom("a", "b"),
-      value: fc.constantFrom("x", "y"),
-      version: fc.nat(2),
-      call: fc.nat(20),
-      length: fc.nat(10),
-      output: outputArb,
-      readValue: fc.constantFrom("x", "y"),
-      readVersion: fc.integer({ min: 1, max: 3 }),
-      readAbsent: fc.boolean(),
-      lost: fc.boolean(),
-    })
-    .map((r): Event => {
-      const isLost = r.lost && r.output === undefined;
-      if (r.kind === "get") {
-        const output: GetResult = r.readAbsent ? NoKey : read(r.readValue, r.readVersion);
-        return get(0, r.call, isLost ? undefined : r.call + r.length, output, r.key);
+  const stepArb = fc.record({
+    kind: fc.constantFrom("get", "put"),
+    key: fc.constantFrom("a", "b"),
+    value: fc.constantFrom("x", "y"),
+    version: fc.nat(2),
+    gap: fc.nat(3), // 0: called the instant the client's last op returned
+    length: fc.nat(6),
+    output: outputArb,
+    readValue: fc.constantFrom("x", "y"),
+    readVersion: fc.integer({ min: 1, max: 3 }),
+    readAbsent: fc.boolean(),
+    lost: fc.boolean(),
+  });
+  /** Up to three clients, each one op at a time, with touching and overlapping spans across clients. */
+  const historyArb = fc.array(fc.tuple(fc.nat(4), fc.array(stepArb, { maxLength: 3 })), { minLength: 1, maxLength: 3 }).map((clients) => {
+    const history: Event[] = [];
+    clients.forEach(([start, steps], client) => {
+      let t = start;
+      for (const r of steps) {
+        const call = t + r.gap;
+        const isLost = r.lost && r.output === undefined;
+        const ret = isLost ? undefined : call + r.length;
+        t = call + r.length; // a client that got no reply moves on once it gives up
+        if (r.kind === "get") history.push(get(client, call, ret, r.readAbsent ? NoKey : read(r.readValue, r.readVersion), r.key));
+        else history.push(put(client, call, ret, r.value, r.version, isLost ? undefined : (r.output ?? OK(r.version + 1)), r.key));
       }
-      const output = r.output ?? OK(r.version + 1);
-      return put(0, r.call, isLost ? undefined : r.call + r.length, r.value, r.version, isLost ? undefined : output, r.key);
     });
+    return history;
+  });
 
   it("agrees with trying every order, on small random histories", () => {
     const verdicts = { ok: 0, illegal: 0 };
     fc.assert(
-      fc.property(fc.array(eventArb, { minLength: 1, maxLength: 6 }), (history) => {
+      fc.property(historyArb, (history) => {
+        fc.pre(history.length > 0);
         const expected = bruteForce(history) ? "ok" : "illegal";
         verdicts[expected]++;
         expect(checkLinearizable(history).result).toBe(expected);
       }),
-      { numRuns: 3000 },
+      { numRuns: 4000 },
     );
     // The property saw both verdicts, many times each.
     expect(verdicts.ok).toBeGreaterThan(300);

@@ -1,3 +1,4 @@
+import { InvalidArgumentError } from "@kv/rpc";
 import { type Event, formatEvent } from "./history";
 
 export type CheckResult =
@@ -5,6 +6,8 @@ export type CheckResult =
   | { result: "illegal"; key: string; explanation: string }
   | { result: "unknown" };
 
+// Long enough for any history the tests make (they check in milliseconds), short enough that a
+// pathological one fails a test instead of hanging it.
 const DEFAULT_TIMEOUT_MS = 10_000;
 // How many search steps between two looks at the clock.
 const CLOCK_CHECK_INTERVAL = 4096;
@@ -16,7 +19,9 @@ const CLOCK_CHECK_INTERVAL = 4096;
  *
  * Answers `ok`, `illegal` (with the key and the longest consistent prefix it found), or
  * `unknown` when `timeoutMs` (default 10 s, shared by all keys) runs out; never a wrong `ok`.
- * Throws `TypeError` for a malformed event (return before call, output without return).
+ * Throws `InvalidArgumentError` (a `TypeError`) for a malformed event: return before call, an
+ * output without a return. Ops of different keys at equal times count as concurrent: give
+ * distinct times (recordHistory does) where that matters.
  */
 export function checkLinearizable(history: readonly Event[], opts: { timeoutMs?: number } = {}): CheckResult {
   const deadline = performance.now() + (opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
@@ -39,11 +44,11 @@ export function checkLinearizable(history: readonly Event[], opts: { timeoutMs?:
 }
 
 function validate(e: Event): void {
-  if (!Number.isFinite(e.call)) throw new TypeError(`event call time must be a finite number: ${JSON.stringify(e)}`);
+  if (!Number.isFinite(e.call)) throw new InvalidArgumentError(`event call time must be a finite number: ${JSON.stringify(e)}`);
   if (e.return === undefined) {
-    if (e.output !== undefined) throw new TypeError(`event has an output but no return time: ${JSON.stringify(e)}`);
+    if (e.output !== undefined) throw new InvalidArgumentError(`event has an output but no return time: ${JSON.stringify(e)}`);
   } else if (!(e.return >= e.call) || e.output === undefined) {
-    throw new TypeError(`event must return after its call, with an output: ${JSON.stringify(e)}`);
+    throw new InvalidArgumentError(`event must return after its call, with an output: ${JSON.stringify(e)}`);
   }
 }
 
@@ -60,6 +65,9 @@ interface KeyOp {
   /** Interned value of a put, so states compare as two numbers. */
   readonly valueId: number;
   readonly isUnknownPut: boolean;
+  /** The same client's answered op on this key just before this one: it must come first. */
+  after: KeyOp | null;
+  isDone: boolean;
 }
 
 /** A node of Lowe's doubly linked list of call and return entries. */
@@ -80,9 +88,13 @@ interface Frame {
 
 function checkKey(key: string, events: Event[], deadline: number): CheckResult {
   const values = new Map<string, number>();
+  const valueNames: string[] = [];
   const intern = (v: string) => {
     let id = values.get(v);
-    if (id === undefined) values.set(v, (id = values.size));
+    if (id === undefined) {
+      values.set(v, (id = valueNames.length));
+      valueNames.push(v);
+    }
     return id;
   };
   const ops: KeyOp[] = events.map((event, bit) => ({
@@ -90,7 +102,10 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
     bit,
     valueId: event.op.kind === "put" ? intern(event.op.value) : event.output?.err === "OK" && "value" in event.output ? intern(event.output.value) : -1,
     isUnknownPut: event.op.kind === "put" && (event.output === undefined || event.output.err === "ErrMaybe"),
+    after: null,
+    isDone: false,
   }));
+  orderByClient(ops);
 
   // Calls before returns at equal times: such ops count as concurrent, which can only allow more.
   const points = ops.flatMap((op) => [
@@ -110,6 +125,7 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
   }
 
   const lift = (e: Entry) => {
+    e.op.isDone = true;
     (e.prev as Entry).next = e.next;
     if (e.next) e.next.prev = e.prev;
     const m = e.match as Entry;
@@ -122,6 +138,7 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
     if (m.next) m.next.prev = m;
     (e.prev as Entry).next = e;
     if (e.next) e.next.prev = e;
+    e.op.isDone = false;
   };
 
   const words = new Uint16Array(Math.ceil(ops.length / 16));
@@ -144,7 +161,7 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
   const stack: Frame[] = [];
   let resumeAt: Entry | null = null;
   let steps = 0;
-  let deepest = { done: -1, version: 0, valueId: -1, candidates: [] as Event[] };
+  let deepest: Deepest = { done: -1, version: 0, value: undefined, placed: [], candidates: [], deadline: 0 };
 
   search: while (true) {
     if (++steps % CLOCK_CHECK_INTERVAL === 0 && performance.now() > deadline) return { result: "unknown" };
@@ -152,11 +169,11 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
 
     let isDoomed = false;
     if (resumeAt === null) {
-      if (done > deepest.done) deepest = { done, version, valueId, candidates: candidatesOf(head) };
+      if (done > deepest.done) deepest = snapshot(head, stack, done, version, valueNames[valueId]);
       // An op that fits now without effect, and could not write later, may be taken first:
       // any order that takes it later works as well with it here. No other choice is needed.
       for (let e: Entry | null = head.next; e !== null && e.isCall; e = e.next) {
-        if (!isForced(e.op, version, valueId)) continue;
+        if (!isReady(e.op) || !isForced(e.op, version, valueId)) continue;
         toggle(e.op.bit);
         if (visit(version, valueId)) {
           lift(e);
@@ -172,7 +189,7 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
 
     // Branch: try each op that may come next, in list order from where the last try left off.
     for (let e = isDoomed ? null : (resumeAt ?? head.next); e !== null && e.isCall; e = e.next) {
-      const fit = fitOf(e.op, version, valueId);
+      const fit = isReady(e.op) ? fitOf(e.op, version, valueId) : Fit.No;
       if (fit === Fit.No) continue;
       const nextVersion = fit === Fit.Write ? version + 1 : version;
       const nextValueId = fit === Fit.Write ? e.op.valueId : valueId;
@@ -193,7 +210,7 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
     // Dead end: undo to the last branch and try its next sibling.
     while (true) {
       const frame = stack.pop();
-      if (frame === undefined) return { result: "illegal", key, explanation: explain(key, ops.length, deepest) };
+      if (frame === undefined) return { result: "illegal", key, explanation: explain(key, events, deepest) };
       unlift(frame.entry);
       toggle(frame.entry.op.bit);
       version = frame.version;
@@ -206,6 +223,30 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
     }
   }
 }
+
+/**
+ * A client's ops never overlap (contract §6): each comes after that client's previous answered
+ * op, even when the times touch — a client calls its next op the instant the last one returns.
+ * An op with no reply constrains nothing after it: it may land late.
+ */
+function orderByClient(ops: KeyOp[]): void {
+  const byClient = new Map<number, KeyOp[]>();
+  for (const op of ops) {
+    const list = byClient.get(op.event.client);
+    if (list === undefined) byClient.set(op.event.client, [op]);
+    else list.push(op);
+  }
+  for (const list of byClient.values()) {
+    list.sort((a, b) => a.event.call - b.event.call || a.bit - b.bit);
+    let lastAnswered: KeyOp | null = null;
+    for (const op of list) {
+      op.after = lastAnswered;
+      if (op.event.return !== undefined) lastAnswered = op;
+    }
+  }
+}
+
+const isReady = (op: KeyOp): boolean => op.after === null || op.after.isDone;
 
 /** How `op` fits the state (version, valueId) of its key, by contract §2. */
 function fitOf(op: KeyOp, version: number, valueId: number): Fit {
@@ -237,21 +278,40 @@ function isForced(op: KeyOp, version: number, valueId: number): boolean {
   return fitOf(op, version, valueId) === Fit.NoEffect;
 }
 
-function candidatesOf(head: Entry): Event[] {
-  const out: Event[] = [];
-  for (let e = head.next; e !== null && e.isCall && out.length < 6; e = e.next) out.push(e.op.event);
-  return out;
+/** Where the search got furthest: what it had placed, and what could not come next. */
+interface Deepest {
+  done: number;
+  version: number;
+  value: string | undefined;
+  placed: Event[];
+  candidates: Event[];
+  /** The earliest return still ahead: one of the candidates had to take effect by then. */
+  deadline: number;
 }
 
-function explain(
-  key: string,
-  total: number,
-  deepest: { done: number; version: number; valueId: number; candidates: Event[] },
-): string {
-  const state = deepest.version === 0 ? "absent" : `at version ${deepest.version}`;
-  const ops = deepest.candidates.map((e) => `  ${formatEvent(e)}`).join("\n");
-  return (
-    `no order of the ${total} operations on key ${JSON.stringify(key)} fits their results: ` +
-    `the longest consistent prefix has ${deepest.done}, after which the key is ${state} and none of these fits next:\n${ops}`
-  );
+function snapshot(head: Entry, stack: Frame[], done: number, version: number, value: string | undefined): Deepest {
+  const candidates: Event[] = [];
+  let e = head.next;
+  for (; e !== null && e.isCall; e = e.next) candidates.push(e.op.event);
+  const deadline = e === null ? Number.POSITIVE_INFINITY : (e.op.event.return ?? Number.POSITIVE_INFINITY);
+  return { done, version, value, placed: stack.slice(-3).map((f) => f.entry.op.event), candidates, deadline };
+}
+
+const MAX_LISTED = 6;
+
+function explain(key: string, events: readonly Event[], d: Deepest): string {
+  const list = (es: readonly Event[]) =>
+    es.slice(0, MAX_LISTED).map((e) => `  ${formatEvent(e)}`).join("\n") + (es.length > MAX_LISTED ? `\n  (+${es.length - MAX_LISTED} more)` : "");
+  const state = d.version === 0 ? "absent" : `at version ${d.version}, value ${JSON.stringify(d.value)}`;
+  const from = Math.min(...d.candidates.map((e) => e.call));
+  const around = events.filter((e) => e.call <= d.deadline && (e.return ?? Number.POSITIVE_INFINITY) >= from).sort((a, b) => a.call - b.call);
+  return [
+    `no order of the ${events.length} operations on key ${JSON.stringify(key)} fits their results.`,
+    d.done === 0
+      ? "Not even a first operation fits:"
+      : `The longest consistent order places ${d.done}, ending with:\n${list(d.placed)}\nafter which the key is ${state}, and none of these may come next:`,
+    list(d.candidates),
+    `Operations around that point (calls up to ${d.deadline.toFixed(1)}):`,
+    list(around),
+  ].join("\n");
 }

@@ -1,6 +1,6 @@
 import { Client } from "undici";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
-import { FaultProxy, type FaultRates } from "./fault-proxy";
+import { createFaultProxy, type FaultRates, type ProxyFaults } from "./fault-proxy";
 import { type ServerProcess, startServerProcess } from "./server-process";
 
 let server: ServerProcess;
@@ -32,8 +32,8 @@ async function attempt(base: string, method: "GET" | "PUT", path: string, body?:
   }
 }
 
-async function startProxy(request: FaultRates = {}, reply: FaultRates = {}) {
-  const proxy = await FaultProxy.start({ target: { host: "127.0.0.1", port: server.port }, seed: 7, request, reply });
+async function startProxy(request: FaultRates = {}, reply: FaultRates = {}, connection: FaultRates = {}) {
+  const proxy = await createFaultProxy({ target: { host: "127.0.0.1", port: server.port }, seed: 7, request, reply, connection });
   onTestFinished(() => proxy.close());
   return proxy;
 }
@@ -77,6 +77,31 @@ describe("FaultProxy in front of the built server", () => {
     expect(outcomes).toEqual(["TimeoutError", "TimeoutError", "TimeoutError"]);
     expect(proxy.stats.blackholed).toBe(3);
     expect(await isUp()).toBe(true);
+  });
+
+  it.each([
+    ["reset", { reset: 1 }, "ECONNRESET", "reset"],
+    ["close", { drop: 1 }, "UND_ERR_SOCKET", "dropped"],
+    ["blackhole", { blackhole: 1 }, "TimeoutError", "blackholed"],
+  ] as const)("can %s whole connections as they are accepted", async (_, connection, outcome, counter) => {
+    const proxy = await startProxy({}, {}, connection);
+    expect(await attempt(proxy.url, "PUT", "/v1/kv/per-connection", { value: "v", version: 0 })).toBe(outcome);
+    expect(proxy.stats[counter]).toBe(1);
+    expect(proxy.stats.forwarded).toBe(0);
+    expect(await attempt(server.url, "GET", "/v1/kv/per-connection")).toBe("404");
+  });
+
+  it("applies new rates to a connection already open", async () => {
+    const proxy = await startProxy();
+    const client = new Client(proxy.url); // one keep-alive connection for both requests
+    onTestFinished(() => client.destroy());
+    const first = await client.request({ method: "GET", path: "/readyz" });
+    await first.body.dump();
+    expect(first.statusCode).toBe(200);
+    const faults: ProxyFaults = { request: { reset: 1 } };
+    proxy.setFaults(faults);
+    await expect(client.request({ method: "GET", path: "/readyz" })).rejects.toMatchObject({ code: "ECONNRESET" });
+    expect(proxy.stats).toMatchObject({ connections: 1, reset: 1 });
   });
 
   it("delays traffic and still delivers it in order", async () => {

@@ -15,6 +15,8 @@ export interface FaultRates {
 }
 
 export interface ProxyFaults {
+  /** Each new connection, as it is accepted (`delay` does not apply): before any request. */
+  connection?: FaultRates;
   /** Client → server: a faulty request never reaches the server. */
   request?: FaultRates;
   /** Server → client: the server acted, but its reply never arrives. */
@@ -49,6 +51,7 @@ export class FaultProxy {
   readonly #target: { host: string; port: number };
   readonly #random: () => number;
   readonly #sockets = new Set<Socket>();
+  readonly #timers = new Set<NodeJS.Timeout>();
   #faults: Required<ProxyFaults>;
   #closed: Promise<void> | undefined;
 
@@ -56,17 +59,20 @@ export class FaultProxy {
     this.#server = server;
     this.#target = options.target;
     this.#random = createRandom(options.seed ?? Math.floor(Math.random() * 2 ** 31));
-    this.#faults = { request: options.request ?? {}, reply: options.reply ?? {} };
+    this.#faults = { connection: options.connection ?? {}, request: options.request ?? {}, reply: options.reply ?? {} };
   }
 
-  /** Starts a proxy on 127.0.0.1 at a free port. */
+  /** @internal Use {@link createFaultProxy}. */
   static async start(options: FaultProxyOptions): Promise<FaultProxy> {
     const server = createServer();
     const proxy = new FaultProxy(server, options);
     server.on("connection", (client) => proxy.#accept(client));
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(0, "127.0.0.1", () => resolve());
+      server.listen(0, "127.0.0.1", () => {
+        server.off("error", reject);
+        resolve();
+      });
     });
     return proxy;
   }
@@ -87,23 +93,54 @@ export class FaultProxy {
     this.#faults = { ...this.#faults, ...faults };
   }
 
-  /** Stops listening and destroys every connection; idempotent. */
+  /** Stops listening, drops delayed chunks and destroys every connection; idempotent. */
   close(): Promise<void> {
     this.#closed ??= new Promise<void>((resolve) => {
+      for (const t of this.#timers) clearTimeout(t);
       for (const s of this.#sockets) s.destroy();
       this.#server.close(() => resolve());
     });
     return this.#closed;
   }
 
+  /** Rolls one fault from `rates`: which one happens, if any. */
+  #roll(rates: FaultRates): "reset" | "drop" | "blackhole" | "delay" | undefined {
+    let roll = this.#random();
+    for (const fault of ["reset", "drop", "blackhole", "delay"] as const) {
+      roll -= rates[fault] ?? 0;
+      if (roll < 0) return fault;
+    }
+    return undefined;
+  }
+
   #accept(client: Socket): void {
     this.stats.connections++;
-    const upstream = connect(this.#target.port, this.#target.host);
-    for (const s of [client, upstream]) {
-      this.#sockets.add(s);
-      s.on("close", () => this.#sockets.delete(s));
-      s.on("error", () => {}); // resets are the point here; the close handlers clean up
+    this.#sockets.add(client);
+    client.on("close", () => this.#sockets.delete(client));
+    client.on("error", () => {}); // resets are the point here
+    switch (this.#roll(this.#faults.connection)) {
+      case "reset":
+        this.stats.reset++;
+        client.resetAndDestroy();
+        break;
+      case "drop":
+        this.stats.dropped++;
+        client.end();
+        break;
+      case "blackhole":
+        this.stats.blackholed++;
+        client.resume(); // read and discard; never answer
+        break;
+      default:
+        this.#pipe(client);
     }
+  }
+
+  #pipe(client: Socket): void {
+    const upstream = connect(this.#target.port, this.#target.host);
+    this.#sockets.add(upstream);
+    upstream.on("close", () => this.#sockets.delete(upstream));
+    upstream.on("error", () => {});
     const end = () => {
       client.destroy();
       upstream.destroy();
@@ -116,27 +153,28 @@ export class FaultProxy {
       from.on("data", (chunk: Buffer) => {
         if (isBlackholed) return;
         const rates = this.#faults[direction];
-        let roll = this.#random();
-        const hits = (rate: number | undefined) => {
-          roll -= rate ?? 0;
-          return roll < 0;
-        };
-        if (hits(rates.reset)) {
-          this.stats.reset++;
-          client.resetAndDestroy();
-          upstream.resetAndDestroy();
-        } else if (hits(rates.drop)) {
-          this.stats.dropped++;
-          end();
-        } else if (hits(rates.blackhole)) {
-          this.stats.blackholed++;
-          isBlackholed = true;
-        } else if (hits(rates.delay)) {
-          this.stats.delayed++;
-          const ms = rates.delayMs ?? DEFAULT_DELAY_MS;
-          queue = queue.then(() => new Promise((r) => setTimeout(r, ms))).then(() => forward(to, chunk));
-        } else {
-          queue = queue.then(() => forward(to, chunk));
+        switch (this.#roll(rates)) {
+          case "reset":
+            this.stats.reset++;
+            client.resetAndDestroy();
+            upstream.resetAndDestroy();
+            break;
+          case "drop":
+            this.stats.dropped++;
+            end();
+            break;
+          case "blackhole":
+            this.stats.blackholed++;
+            isBlackholed = true;
+            break;
+          case "delay": {
+            this.stats.delayed++;
+            const ms = rates.delayMs ?? DEFAULT_DELAY_MS;
+            queue = queue.then(() => this.#sleep(ms)).then(() => forward(to, chunk));
+            break;
+          }
+          default:
+            queue = queue.then(() => forward(to, chunk));
         }
       });
     };
@@ -148,4 +186,17 @@ export class FaultProxy {
     pipe(client, upstream, "request");
     pipe(upstream, client, "reply");
   }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer);
+        resolve();
+      }, ms);
+      this.#timers.add(timer);
+    });
+  }
 }
+
+/** Starts a {@link FaultProxy} on 127.0.0.1 at a free port, forwarding to `options.target`. */
+export const createFaultProxy = (options: FaultProxyOptions): Promise<FaultProxy> => FaultProxy.start(options);

@@ -3,5 +3,5 @@ export { type Event, type Op, formatEvent, formatHistory } from "./history";
 export { createRandom, testSeed } from "./random";
 export { assertLinearizable, recordHistory, type RecordHistoryOptions } from "./record-history";
 export { SimNetwork, type SimClock, type SimFaults, type SimNetworkOptions, type SimServer, type SimStats } from "./sim-network";
-export { FaultProxy, type FaultProxyOptions, type FaultProxyStats, type FaultRates, type ProxyFaults } from "./fault-proxy";
+export { createFaultProxy, type FaultProxy, type FaultProxyOptions, type FaultProxyStats, type FaultRates, type ProxyFaults } from "./fault-proxy";
 export { findServerEntry, startServerProcess, type ServerProcess, type ServerProcessOptions } from "./server-process";

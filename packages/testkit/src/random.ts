@@ -25,5 +25,8 @@ export function createRandom(seed: number): () => number {
 /** A seed for a test run: from `KV_TEST_SEED` when replaying a failure, else a fresh one. */
 export function testSeed(): number {
   const fromEnv = process.env.KV_TEST_SEED;
-  return fromEnv === undefined ? Math.floor(Math.random() * 2 ** 31) : Number(fromEnv);
+  if (fromEnv === undefined) return Math.floor(Math.random() * 2 ** 31);
+  const seed = Number(fromEnv);
+  if (!Number.isSafeInteger(seed)) throw new TypeError(`KV_TEST_SEED must be an integer, got ${JSON.stringify(fromEnv)}`);
+  return seed;
 }

@@ -15,7 +15,7 @@ describe("assertLinearizable", () => {
 
   it("fails with the seed to replay, the explanation and an excerpt of the history", () => {
     expect(() => assertLinearizable(staleRead, { seed: 4242 })).toThrow(
-      /is illegal \(replay with KV_TEST_SEED=4242\):\n.*key "k"[\s\S]*history excerpt:\nc0 put\("k","a",0\) → OK @1 \[0\.0, 1\.0\]/,
+      /is illegal \(replay with KV_TEST_SEED=4242\):\n.*key "k"[\s\S]*c1 get\("k"\) → OK "a"@1[\s\S]*history excerpt:\nc0 put\("k","a",0\) → OK @1 \[0\.0, 1\.0\]/,
     );
   });
 });
@@ -39,6 +39,23 @@ describe("recordHistory", () => {
     expect(unanswered).toHaveLength(20);
     expect(unanswered.every((e) => e.client === 2 && e.output === undefined)).toBe(true);
     expect(history.filter((e) => e.client !== 2).every((e) => (e.return as number) > e.call)).toBe(true);
+  });
+
+  it("stamps strictly increasing times in the order things happened, even from a clock that stands still", async () => {
+    const history = await recordHistory({
+      clients: 4,
+      opsPerClient: 10,
+      keys: ["a"],
+      seed: 3,
+      now: () => 1000,
+      execute: async () => ({ err: "ErrNoKey" }),
+    });
+    const stamps = history.flatMap((e) => [e.call, e.return as number]).sort((a, b) => a - b);
+    expect(new Set(stamps).size).toBe(80);
+    for (const client of [0, 1, 2, 3]) {
+      const own = history.filter((e) => e.client === client);
+      own.slice(1).forEach((e, i) => expect(e.call).toBeGreaterThan(own[i]?.return as number));
+    }
   });
 
   it("fails the run on an error that is not a lost reply", async () => {

@@ -4,8 +4,8 @@ import { dirname, join } from "node:path";
 
 export interface ServerProcessOptions {
   /**
-   * `KV_*` settings; `KV_PORT` defaults to 0 (a free port). `KV_LOG_LEVEL` is always `info`: the
-   * harness learns the port from the line the server logs at that level.
+   * `KV_*` settings; `KV_PORT` defaults to 0 (a free port) and `KV_STORE` to `memory`.
+   * `KV_LOG_LEVEL` is always `info`: the harness learns the port from the line logged at that level.
    */
   env?: Record<string, string>;
   args?: string[];
@@ -17,14 +17,14 @@ export interface ServerProcessOptions {
 
 /** A built kv server running as a child process. */
 export interface ServerProcess {
-  /** `http://127.0.0.1:<port>`, from the address the server logged. */
+  /** The address the server logged, e.g. `http://127.0.0.1:<port>`. */
   readonly url: string;
   readonly port: number;
   readonly pid: number;
   /** Resolves with the exit code (null when killed by a signal). */
   readonly exited: Promise<number | null>;
-  /** SIGTERM, then the exit code. */
-  stop(): Promise<number | null>;
+  /** SIGTERM, then the exit code; SIGKILL (and null) if it has not exited within `timeoutMs` (default 15 s). */
+  stop(options?: { timeoutMs?: number }): Promise<number | null>;
   /** SIGKILL: a crash. Resolves once the process is gone. */
   kill(): Promise<void>;
   /** SIGSTOP: the process stays, its sockets stay open, and nothing is answered. */
@@ -35,7 +35,15 @@ export interface ServerProcess {
   output(): string;
 }
 
-const LISTENING = /Server listening at (http:\/\/127\.0\.0\.1:(\d+))/;
+const LISTENING = /Server listening at (https?:\/\/[^\s"]+)/;
+const READY_POLL_MS = 20;
+const STOP_TIMEOUT_MS = 15_000;
+
+// Children still running when the test process exits are killed with it, whatever the tests did.
+const running = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
 
 /** Where the built server is: `apps/server/dist/main.js` under the workspace root above `from`. */
 export function findServerEntry(from = process.cwd()): string {
@@ -53,13 +61,19 @@ export async function startServerProcess(options: ServerProcessOptions = {}): Pr
   const entry = options.entry ?? findServerEntry();
   if (!existsSync(entry)) throw new Error(`${entry} does not exist: build the server first (pnpm build)`);
   const child: ChildProcess = spawn(process.execPath, [entry, ...(options.args ?? [])], {
-    env: { PATH: process.env.PATH, KV_HOST: "127.0.0.1", KV_PORT: "0", ...options.env, KV_LOG_LEVEL: "info" },
+    env: { PATH: process.env.PATH, KV_HOST: "127.0.0.1", KV_PORT: "0", KV_STORE: "memory", ...options.env, KV_LOG_LEVEL: "info" },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  running.add(child);
   let output = "";
   child.stdout?.on("data", (chunk) => (output += chunk));
   child.stderr?.on("data", (chunk) => (output += chunk));
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const exited = new Promise<number | null>((resolve) =>
+    child.once("exit", (code) => {
+      running.delete(child);
+      resolve(code);
+    }),
+  );
   const timeoutMs = options.readyTimeoutMs ?? 10_000;
   const deadline = Date.now() + timeoutMs;
 
@@ -82,13 +96,17 @@ export async function startServerProcess(options: ServerProcessOptions = {}): Pr
   });
 
   while (true) {
-    const ready = await fetch(`${url}/readyz`).then((r) => r.status === 200, () => false);
+    const ready = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(1000) }).then(
+      (r) => r.status === 200,
+      () => false,
+    );
     if (ready) break;
+    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode} before it was ready:\n${output}`);
     if (Date.now() > deadline) {
       child.kill("SIGKILL");
       throw new Error(`server at ${url} not ready within ${timeoutMs} ms:\n${output}`);
     }
-    await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, READY_POLL_MS));
   }
 
   const signal = (name: NodeJS.Signals) => {
@@ -99,10 +117,15 @@ export async function startServerProcess(options: ServerProcessOptions = {}): Pr
     port: Number(new URL(url).port),
     pid: child.pid as number,
     exited,
-    stop: async () => {
+    stop: async ({ timeoutMs: stopMs = STOP_TIMEOUT_MS } = {}) => {
       signal("SIGCONT"); // a paused process cannot handle SIGTERM
       signal("SIGTERM");
-      return exited;
+      const timer = setTimeout(() => signal("SIGKILL"), stopMs);
+      try {
+        return await exited;
+      } finally {
+        clearTimeout(timer);
+      }
     },
     kill: async () => {
       signal("SIGKILL");
