@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { hasCode, InvalidArgumentError, KvError, NetworkError } from "./errors";
+import { AbortError, hasCode, InvalidArgumentError, KvError, NetworkError, UnavailableError } from "./errors";
 
 describe("errors", () => {
   it("names each error after its class and carries a code", () => {
@@ -10,6 +10,8 @@ describe("errors", () => {
     const bad = new InvalidArgumentError("version must be ≥ 0");
     expect(bad).toBeInstanceOf(TypeError);
     expect(bad).toMatchObject({ name: "InvalidArgumentError", code: "ERR_INVALID_ARG_VALUE" });
+    expect(new UnavailableError("busy", 250)).toMatchObject({ name: "UnavailableError", code: "ERR_KV_UNAVAILABLE", retryAfterMs: 250 });
+    expect(new AbortError(undefined, { cause: "stop" })).toMatchObject({ name: "AbortError", code: "ABORT_ERR", cause: "stop" });
   });
 
   it("hasCode matches by code, whatever the class, and rejects non-errors", () => {

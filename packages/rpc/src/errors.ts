@@ -1,8 +1,10 @@
 export type KvErrorCode =
   | "ERR_KV_NO_REPLY"
+  | "ERR_KV_UNAVAILABLE"
   | "ERR_KV_BAD_REQUEST"
   | "ERR_KV_UNAUTHORIZED"
   | "ERR_KV_TOO_LARGE"
+  | "ERR_KV_PROTOCOL"
   | "ERR_KV_CLOSED";
 
 /** A real failure of a kv call, told apart by `code` (see {@link hasCode}). */
@@ -21,6 +23,29 @@ export class KvError extends Error {
 export class NetworkError extends KvError {
   constructor(message: string, options?: ErrorOptions) {
     super("ERR_KV_NO_REPLY", message, options);
+  }
+}
+
+/**
+ * The server refused a request without applying it (503 overloaded or shutting down, 429):
+ * a retry cannot make the outcome ambiguous. `retryAfterMs` is the server's `Retry-After`.
+ */
+export class UnavailableError extends KvError {
+  constructor(
+    message: string,
+    readonly retryAfterMs?: number,
+    options?: ErrorOptions,
+  ) {
+    super("ERR_KV_UNAVAILABLE", message, options);
+  }
+}
+
+/** The caller's signal aborted the call: Node's shape (`code: "ABORT_ERR"`), the signal's reason as `cause`. */
+export class AbortError extends Error {
+  readonly code = "ABORT_ERR";
+  override name = "AbortError";
+  constructor(message = "the operation was aborted", options?: ErrorOptions) {
+    super(message, options);
   }
 }
 

@@ -1,5 +1,6 @@
 /** The kv route; `:key` is one percent-encoded path segment. */
 export const KV_ROUTE = "/v1/kv/:key";
+/** The path before the key: `kvPath(key)` is this followed by the encoded key. */
 export const KV_PREFIX = "/v1/kv/";
 
 /**
@@ -23,4 +24,5 @@ export const statusByErr = {
   ErrUnavailable: 503,
   ErrMaybe: 504,
 } as const;
+/** Every `err` a kv server may answer with. */
 export type ReplyErr = keyof typeof statusByErr;

@@ -1,5 +1,6 @@
 export { Err, type GetResult, type PutResult, MAX_VERSION, MAX_PUT_ID_LENGTH } from "./err";
-export { KvError, type KvErrorCode, NetworkError, InvalidArgumentError, hasCode } from "./errors";
+export { KvError, type KvErrorCode, NetworkError, UnavailableError, AbortError, InvalidArgumentError, hasCode } from "./errors";
+export type { Clock } from "./clock";
 export {
   PutBody,
   KeyParams,

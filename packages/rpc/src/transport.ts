@@ -9,7 +9,10 @@ export interface PutRequest {
 }
 
 export interface TransportCallOptions {
-  signal?: AbortSignal;
+  /** The caller's signal: when it aborts, the try rejects with its reason. */
+  signal?: AbortSignal | undefined;
+  /** This try's deadline: with no reply by then, it rejects `NetworkError`. */
+  timeoutMs?: number | undefined;
 }
 
 /**

@@ -24,7 +24,7 @@ export interface SimFaults {
 export interface SimNetworkOptions extends Partial<SimFaults> {
   /** Every fault and delay is drawn from this seed: the same seed replays the same run. */
   seed: number;
-  /** How long a transport waits for a reply before its call rejects `NetworkError` (virtual ms). */
+  /** How long a transport waits for a reply before its call rejects `NetworkError` (virtual ms), unless the call gives its own `timeoutMs`. */
   replyTimeoutMs?: number;
 }
 
@@ -130,16 +130,18 @@ export class SimNetwork implements SimClock {
     const closed = () => Promise.reject(new KvError("ERR_KV_CLOSED", "the transport is closed"));
     return {
       get: (key: string, options?: TransportCallOptions) =>
-        isClosed ? closed() : this.#call(client, () => this.#server.get(key), options?.signal),
+        isClosed ? closed() : this.#call(client, () => this.#server.get(key), options),
       put: (r: PutRequest, options?: TransportCallOptions) =>
-        isClosed ? closed() : this.#call(client, () => this.#server.put(r.key, r.value, r.version, r.id), options?.signal),
+        isClosed ? closed() : this.#call(client, () => this.#server.put(r.key, r.value, r.version, r.id), options),
       close: async () => {
         isClosed = true;
       },
     };
   }
 
-  #call<R>(client: number, serve: () => Promise<R>, signal: AbortSignal | undefined): Promise<R> {
+  #call<R>(client: number, serve: () => Promise<R>, options: TransportCallOptions | undefined): Promise<R> {
+    const signal = options?.signal;
+    const timeoutMs = options?.timeoutMs ?? this.#replyTimeoutMs;
     return new Promise<R>((resolve, reject) => {
       if (signal?.aborted) return reject(signal.reason);
       let isSettled = false;
@@ -153,9 +155,9 @@ export class SimNetwork implements SimClock {
       };
       const onAbort = () => settle({ ok: false, error: signal?.reason });
       signal?.addEventListener("abort", onAbort, { once: true });
-      const timeout = this.#schedule(this.#replyTimeoutMs, () => {
+      const timeout = this.#schedule(timeoutMs, () => {
         this.stats.timeouts++;
-        settle({ ok: false, error: new NetworkError(`no reply within ${this.#replyTimeoutMs} ms (simulated)`) });
+        settle({ ok: false, error: new NetworkError(`no reply within ${timeoutMs} ms (simulated)`) });
       });
 
       this.stats.requests++;

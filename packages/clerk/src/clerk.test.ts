@@ -1,0 +1,170 @@
+import type { GetResult, PutResult } from "@kv/rpc";
+import { KVServer, MemoryStore } from "@kv/server";
+import { assertLinearizable, type Op, recordHistory, SimNetwork, type SimNetworkOptions, testSeed } from "@kv/testkit";
+import { describe, expect, it } from "vitest";
+import { Clerk } from "./clerk";
+
+const unreliable: Omit<SimNetworkOptions, "seed"> = { requestLoss: 0.2, replyLoss: 0.2, longDelayRate: 0.05, longDelayMs: 300 };
+
+/** A simulated network with one clerk per client, all in virtual time. */
+function simulate(seed: number, faults: Omit<SimNetworkOptions, "seed"> = {}, clients = 1) {
+  const net = new SimNetwork(new KVServer(new MemoryStore()), { seed, ...faults });
+  const clerks = Array.from({ length: clients }, (_, c) => new Clerk(net.transport(c), { clock: net, attemptTimeoutMs: 100 }));
+  const execute = (c: number, op: Op): Promise<GetResult | PutResult> => {
+    const clerk = clerks[c] as Clerk;
+    return op.kind === "get" ? clerk.get(op.key) : clerk.put(op.key, op.value, op.version);
+  };
+  return { net, clerks, execute };
+}
+
+async function run(seed: number, faults: Omit<SimNetworkOptions, "seed">, clients: number, keys: string[], opsPerClient = 50) {
+  const sim = simulate(seed, faults, clients);
+  const history = await recordHistory({ clients, opsPerClient, keys, seed, now: () => sim.net.now(), execute: sim.execute });
+  return { ...sim, history };
+}
+
+describe("Clerk over the simulated network (linearizability)", () => {
+  it("one client, reliable network", async () => {
+    const seed = testSeed();
+    const { history } = await run(seed, {}, 1, ["a"], 200);
+    expect(history.every((e) => e.output !== undefined)).toBe(true);
+    assertLinearizable(history, { seed });
+  });
+
+  it("10 clients on one key, reliable network", async () => {
+    const seed = testSeed();
+    const { history } = await run(seed, {}, 10, ["a"]);
+    assertLinearizable(history, { seed });
+  });
+
+  it("10 clients on one key, unreliable network: every call still gets an answer", async () => {
+    const seed = testSeed();
+    const { history, net } = await run(seed, unreliable, 10, ["a"]);
+    expect(net.stats.lostRequests + net.stats.lostReplies, `seed ${seed}`).toBeGreaterThan(50);
+    expect(history.every((e) => e.output !== undefined), `seed ${seed}`).toBe(true); // the clerk retried through
+    assertLinearizable(history, { seed });
+  });
+
+  it("20 clients on many keys, unreliable network", async () => {
+    const seed = testSeed();
+    const { history } = await run(seed, unreliable, 20, ["a", "b", "c", "d", "e", "f"]);
+    assertLinearizable(history, { seed });
+  });
+
+  it("a client partitioned away waits it out, and answers after the heal", async () => {
+    const seed = testSeed();
+    const sim = simulate(seed, {}, 5);
+    const healer = (async () => {
+      await sim.net.sleep(5);
+      sim.net.partition([0, 1]);
+      await sim.net.sleep(3_000);
+      sim.net.heal();
+    })();
+    const history = await recordHistory({ clients: 5, opsPerClient: 40, keys: ["a", "b"], seed, now: () => sim.net.now(), execute: sim.execute });
+    await healer;
+    expect(sim.net.stats.partitioned, `seed ${seed}`).toBeGreaterThan(0);
+    const lastOfCutOff = Math.max(...history.filter((e) => e.client < 2).map((e) => e.return ?? 0));
+    expect(lastOfCutOff, `seed ${seed}`).toBeGreaterThan(3_000); // they finished only after the heal
+    expect(history.every((e) => e.output !== undefined)).toBe(true);
+    assertLinearizable(history, { seed });
+  });
+});
+
+describe("Clerk.put outcomes (contract §3)", () => {
+  it("returns the first try's answer as it is: ErrVersion stays ErrVersion", async () => {
+    const { clerks } = simulate(1, {}, 1);
+    const clerk = clerks[0] as Clerk;
+    await clerk.put("k", "a", 0);
+    expect(await clerk.put("k", "b", 0)).toEqual({ err: "ErrVersion" });
+    expect(await clerk.put("k", "b", 5)).toEqual({ err: "ErrVersion" });
+    expect(await clerk.put("absent", "b", 5)).toEqual({ err: "ErrNoKey" });
+  });
+
+  it("answers OK, not ErrMaybe, when a reply was lost and nothing came in between (put ids)", async () => {
+    const { net, clerks } = simulate(2, { replyLoss: 1 }, 1);
+    const put = (clerks[0] as Clerk).put("k", "a", 0);
+    await net.sleep(50); // the first try has landed, its reply is lost
+    net.setFaults({ replyLoss: 0 });
+    expect(await put).toEqual({ err: "OK", version: 1 });
+    expect(net.stats.lostReplies).toBeGreaterThan(0);
+  });
+
+  it("returns ErrMaybe when a try's reply was lost and a retry meets ErrVersion", async () => {
+    const { net, clerks } = simulate(3, { replyLoss: 1 }, 2);
+    const [mine, other] = clerks as [Clerk, Clerk];
+    const put = mine.put("k", "mine", 0); // lands at version 1; its reply is lost
+    await net.sleep(20);
+    const theirs = other.put("k", "theirs", 1); // lands at version 2 before our retry
+    await net.sleep(20);
+    net.setFaults({ replyLoss: 0 });
+    expect(await put).toEqual({ err: "ErrMaybe" });
+    expect(await theirs).toEqual({ err: "OK", version: 2 });
+    expect(await mine.get("k")).toEqual({ err: "OK", value: "theirs", version: 2 });
+  });
+
+  it("never returns ErrMaybe for keys with one writer each, at 30 % reply loss", async () => {
+    const seed = testSeed();
+    const sim = simulate(seed, { replyLoss: 0.3 }, 10);
+    const results = await Promise.all(
+      sim.clerks.map(async (clerk, c) => {
+        const out: PutResult[] = [];
+        for (let v = 0; v < 30; v++) out.push(await clerk.put(`own-${c}`, `v${v}`, v));
+        return out;
+      }),
+    );
+    const all = results.flat();
+    expect(sim.net.stats.lostReplies, `seed ${seed}`).toBeGreaterThan(50);
+    expect(all.filter((r) => r.err === "ErrMaybe"), `seed ${seed}`).toEqual([]);
+    expect(all.every((r) => r.err === "OK")).toBe(true);
+  });
+
+  it("returns ErrMaybe only after a try went unanswered, and each one is consistent with the checker (10 writers, one key, 30 % reply loss)", async () => {
+    const seed = testSeed();
+    const sim = simulate(seed, { replyLoss: 0.3 }, 10);
+    const history = await recordHistory({ clients: 10, opsPerClient: 40, keys: ["hot"], seed, now: () => sim.net.now(), execute: sim.execute });
+    const maybes = history.filter((e) => e.output?.err === "ErrMaybe").length;
+    expect(maybes, `seed ${seed}`).toBeGreaterThan(0); // the hot key does provoke them…
+    expect(maybes, `seed ${seed}`).toBeLessThanOrEqual(sim.net.stats.timeouts); // …never without a lost reply
+    assertLinearizable(history, { seed });
+  });
+});
+
+describe("Clerk arguments, aborts and close", () => {
+  it("rejects bad arguments with InvalidArgumentError before anything is sent", async () => {
+    const { net, clerks } = simulate(4, {}, 1);
+    const clerk = clerks[0] as Clerk;
+    for (const call of [
+      () => clerk.get(""),
+      () => clerk.get("\ud800"),
+      () => clerk.put("k", "v", -1),
+      () => clerk.put("k", "v", 1.5),
+      () => clerk.put("k", "v", Number.MAX_SAFE_INTEGER + 1),
+      () => clerk.put("k", 5 as unknown as string, 0),
+    ]) {
+      await expect(call()).rejects.toMatchObject({ name: "InvalidArgumentError", code: "ERR_INVALID_ARG_VALUE" });
+    }
+    expect(net.stats.requests).toBe(0);
+  });
+
+  it("rejects with AbortError at once for an aborted signal, and while retrying", async () => {
+    const { net, clerks } = simulate(5, {}, 1);
+    const clerk = clerks[0] as Clerk;
+    await expect(clerk.get("k", { signal: AbortSignal.abort("no") })).rejects.toMatchObject({ name: "AbortError", code: "ABORT_ERR", cause: "no" });
+    expect(net.stats.requests).toBe(0);
+    net.partition([0]);
+    const ac = new AbortController();
+    const stuck = clerk.put("k", "v", 0, { signal: ac.signal });
+    await net.sleep(2_500); // a few tries have been lost
+    ac.abort(new Error("gave up"));
+    await expect(stuck).rejects.toMatchObject({ name: "AbortError", cause: { message: "gave up" } });
+  });
+
+  it("rejects calls after close with ERR_KV_CLOSED", async () => {
+    const { clerks } = simulate(6, {}, 1);
+    const clerk = clerks[0] as Clerk;
+    await clerk.close();
+    await clerk.close();
+    await expect(clerk.get("k")).rejects.toMatchObject({ code: "ERR_KV_CLOSED" });
+    await expect(clerk.put("k", "v", 0)).rejects.toMatchObject({ code: "ERR_KV_CLOSED" });
+  });
+});

@@ -1,0 +1,175 @@
+import { randomUUID } from "node:crypto";
+import { channel } from "node:diagnostics_channel";
+import {
+  AbortError,
+  type Clock,
+  type GetResult,
+  hasCode,
+  InvalidArgumentError,
+  KvError,
+  type PutResult,
+  type Transport,
+  type TransportCallOptions,
+  type UnavailableError,
+} from "@kv/rpc";
+import { backoffMs, systemClock } from "./backoff";
+import { HttpTransport } from "./http-transport";
+
+/** How a Clerk retries; every field optional. */
+export interface RetryOptions {
+  /** One try; a try that takes longer counts as no reply. */
+  attemptTimeoutMs?: number;
+  /** Waits between tries: exponential from `baseMs`, capped at `maxMs`, full jitter. */
+  backoff?: { baseMs?: number; maxMs?: number };
+  /** Time to wait by (default: real time). Tests pass a simulated clock. */
+  clock?: Clock;
+}
+
+/** `createClerk`'s options: where the servers are, and how to retry. */
+export interface ClerkOptions extends Omit<RetryOptions, "clock"> {
+  /** e.g. `["http://127.0.0.1:7070"]`; tried in turn on network failure. */
+  endpoints: string[];
+  /** Bearer token, when the server requires one. */
+  token?: string;
+  /** Trust a private CA for https endpoints. */
+  tls?: { ca?: string | Buffer };
+}
+
+export interface CallOptions {
+  signal?: AbortSignal;
+}
+
+// Long enough for a durable commit or an etcd leader election; a lost reply costs no more.
+const DEFAULT_ATTEMPT_TIMEOUT_MS = 5_000;
+const DEFAULT_BACKOFF_BASE_MS = 10;
+const DEFAULT_BACKOFF_MAX_MS = 1_000;
+
+const retryChannel = channel("kv:clerk:retry");
+
+/**
+ * The kv client (contract §3): `get` and `put` with retries through lost requests and replies.
+ * Safe to use from many concurrent callers; each call's state lives in the call.
+ */
+export class Clerk {
+  readonly #transport: Transport;
+  readonly #attemptTimeoutMs: number;
+  readonly #baseMs: number;
+  readonly #maxMs: number;
+  readonly #clock: Clock;
+  #closed: Promise<void> | undefined;
+
+  constructor(transport: Transport, options: RetryOptions = {}) {
+    this.#transport = transport;
+    this.#attemptTimeoutMs = positive("attemptTimeoutMs", options.attemptTimeoutMs ?? DEFAULT_ATTEMPT_TIMEOUT_MS);
+    this.#baseMs = positive("backoff.baseMs", options.backoff?.baseMs ?? DEFAULT_BACKOFF_BASE_MS);
+    this.#maxMs = positive("backoff.maxMs", options.backoff?.maxMs ?? DEFAULT_BACKOFF_MAX_MS);
+    this.#clock = options.clock ?? systemClock;
+  }
+
+  /**
+   * The key's value and version, or `ErrNoKey`. Retries until a server answers.
+   * Rejects `InvalidArgumentError` for a bad key, `AbortError` when `signal` aborts, `KvError`
+   * for a permanent refusal (`ERR_KV_UNAUTHORIZED`, `ERR_KV_BAD_REQUEST`) or after `close()`.
+   */
+  async get(key: string, options: CallOptions = {}): Promise<GetResult> {
+    checkKey(key);
+    return this.#retry(options.signal, (call) => this.#transport.get(key, call));
+  }
+
+  /**
+   * Writes `value` if the key is at `version` (0: absent). The answer of a first try is returned
+   * as it is. Once a try got no reply, a later `ErrVersion` becomes `ErrMaybe`: the put may
+   * have been applied. A put id, the same on every try, lets the server answer a retry of an
+   * applied put `OK`. Rejects as `get` does, and `ERR_KV_TOO_LARGE` for a value over the limit.
+   */
+  async put(key: string, value: string, version: number, options: CallOptions = {}): Promise<PutResult> {
+    checkKey(key);
+    if (typeof value !== "string" || !value.isWellFormed()) {
+      throw new InvalidArgumentError("value must be a string of well-formed Unicode");
+    }
+    if (!Number.isSafeInteger(version) || version < 0) {
+      throw new InvalidArgumentError(`version must be a safe integer ≥ 0, got ${String(version)}`);
+    }
+    const request = { key, value, version, id: randomUUID() };
+    let isAmbiguous = false;
+    const result = await this.#retry(
+      options.signal,
+      (call) => this.#transport.put(request, call),
+      () => {
+        isAmbiguous = true;
+      },
+    );
+    return isAmbiguous && result.err === "ErrVersion" ? { err: "ErrMaybe" } : result;
+  }
+
+  /** Ends the clerk's connections once calls in flight are done; later calls reject `ERR_KV_CLOSED`. Idempotent. */
+  close(): Promise<void> {
+    this.#closed ??= this.#transport.close();
+    return this.#closed;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  async #retry<R>(signal: AbortSignal | undefined, attempt: (call: TransportCallOptions) => Promise<R>, onNoReply?: () => void): Promise<R> {
+    // The transport keeps each try's deadline: an AbortSignal per try costs undici a quarter of
+    // its throughput, so one goes down only when the caller gave one.
+    const call: TransportCallOptions = { signal, timeoutMs: this.#attemptTimeoutMs };
+    for (let n = 0; ; n++) {
+      if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
+      if (this.#closed !== undefined) throw new KvError("ERR_KV_CLOSED", "the clerk is closed");
+      let waitMs: number;
+      try {
+        return await attempt(call);
+      } catch (err) {
+        if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
+        if (hasCode(err, "ERR_KV_NO_REPLY")) {
+          onNoReply?.();
+          waitMs = backoffMs(n, this.#baseMs, this.#maxMs);
+        } else if (hasCode(err, "ERR_KV_UNAVAILABLE")) {
+          // Refused before it was applied: retrying cannot make the outcome ambiguous.
+          waitMs = Math.max((err as UnavailableError).retryAfterMs ?? 0, backoffMs(n, this.#baseMs, this.#maxMs));
+        } else {
+          throw err;
+        }
+        if (retryChannel.hasSubscribers) retryChannel.publish({ attempt: n, waitMs, error: err });
+      }
+      try {
+        await this.#clock.sleep(waitMs, signal);
+      } catch {
+        throw new AbortError(undefined, { cause: signal?.reason });
+      }
+    }
+  }
+}
+
+/**
+ * A Clerk over HTTP to `options.endpoints`. Throws `InvalidArgumentError` for an empty or
+ * malformed endpoint list.
+ */
+export function createClerk(options: ClerkOptions): Clerk {
+  const { endpoints } = options;
+  if (!Array.isArray(endpoints) || endpoints.length === 0) {
+    throw new InvalidArgumentError("endpoints must be a non-empty array of http(s) URLs");
+  }
+  for (const e of endpoints) {
+    if (!/^https?:\/\/[^/]+\/?$/.test(e)) throw new InvalidArgumentError(`endpoint must be an http(s) URL with no path, got ${JSON.stringify(e)}`);
+  }
+  const transport = new HttpTransport({ endpoints, token: options.token, tls: options.tls });
+  const retry: RetryOptions = {};
+  if (options.attemptTimeoutMs !== undefined) retry.attemptTimeoutMs = options.attemptTimeoutMs;
+  if (options.backoff !== undefined) retry.backoff = options.backoff;
+  return new Clerk(transport, retry);
+}
+
+function checkKey(key: string): void {
+  if (typeof key !== "string" || key === "" || !key.isWellFormed()) {
+    throw new InvalidArgumentError(`key must be a non-empty string of well-formed Unicode, got ${JSON.stringify(key)}`);
+  }
+}
+
+function positive(name: string, n: number): number {
+  if (!(typeof n === "number" && n > 0 && Number.isFinite(n))) throw new InvalidArgumentError(`${name} must be a positive number, got ${String(n)}`);
+  return n;
+}

@@ -1,0 +1,148 @@
+import {
+  type GetResult,
+  KvError,
+  kvPath,
+  NetworkError,
+  type PutRequest,
+  type PutResult,
+  type Transport,
+  type TransportCallOptions,
+  UnavailableError,
+} from "@kv/rpc";
+import { Pool } from "undici";
+
+export interface HttpTransportOptions {
+  /** Base URLs of kv servers, e.g. `http://127.0.0.1:7070`; tried in turn on network failure. */
+  endpoints: readonly string[];
+  /** Sent as `Authorization: Bearer <token>`. */
+  token?: string | undefined;
+  /** Trust a private CA for https endpoints. */
+  tls?: { ca?: string | Buffer | undefined } | undefined;
+}
+
+interface Reply {
+  status: number;
+  body: { err?: unknown; value?: unknown; version?: unknown; message?: unknown };
+  retryAfterMs: number | undefined;
+}
+
+// Enough sockets for the concurrency one process puts through one clerk; more requests queue.
+const CONNECTIONS_PER_ENDPOINT = 128;
+// A try with no deadline of its own; the clerk always gives one.
+const DEFAULT_TIMEOUT_MS = 30_000;
+
+/**
+ * One try of each call over HTTP/1.1 (undici): a keep-alive pool per endpoint, no pipelining, no
+ * retries of its own. A try that gets no reply rejects `NetworkError` and moves the next try to
+ * the next endpoint.
+ */
+export class HttpTransport implements Transport {
+  readonly #endpoints: readonly string[];
+  readonly #pools: Pool[];
+  readonly #headers: Record<string, string>;
+  #current = 0;
+  #closed: Promise<void> | undefined;
+
+  constructor(options: HttpTransportOptions) {
+    this.#endpoints = options.endpoints;
+    const connect = options.tls?.ca === undefined ? undefined : { ca: options.tls.ca };
+    this.#pools = options.endpoints.map(
+      (url) => new Pool(url, { connections: CONNECTIONS_PER_ENDPOINT, pipelining: 1, ...(connect && { connect }) }),
+    );
+    this.#headers = options.token === undefined ? {} : { authorization: `Bearer ${options.token}` };
+  }
+
+  async get(key: string, options?: TransportCallOptions): Promise<GetResult> {
+    const reply = await this.#send("GET", key, undefined, options);
+    const { body } = reply;
+    if (reply.status === 200 && body.err === "OK" && typeof body.value === "string" && typeof body.version === "number") {
+      return { err: "OK", value: body.value, version: body.version };
+    }
+    if (reply.status === 404 && body.err === "ErrNoKey") return { err: "ErrNoKey" };
+    throw refusal(reply);
+  }
+
+  async put(request: PutRequest, options?: TransportCallOptions): Promise<PutResult> {
+    const { key, value, version, id } = request;
+    const reply = await this.#send("PUT", key, JSON.stringify({ value, version, id }), options);
+    const { body } = reply;
+    if (reply.status === 200 && body.err === "OK" && typeof body.version === "number") return { err: "OK", version: body.version };
+    if (reply.status === 404 && body.err === "ErrNoKey") return { err: "ErrNoKey" };
+    if (reply.status === 409 && body.err === "ErrVersion") return { err: "ErrVersion" };
+    throw refusal(reply);
+  }
+
+  /** Closes every pool once the requests in flight are done; idempotent. */
+  close(): Promise<void> {
+    this.#closed ??= Promise.all(this.#pools.map((p) => p.close())).then(() => undefined);
+    return this.#closed;
+  }
+
+  async #send(method: "GET" | "PUT", key: string, body: string | undefined, options: TransportCallOptions | undefined): Promise<Reply> {
+    const signal = options?.signal;
+    const timeoutMs = options?.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (this.#closed !== undefined) throw new KvError("ERR_KV_CLOSED", "the clerk is closed");
+    const i = this.#current;
+    const pool = this.#pools[i] as Pool;
+    try {
+      const res = await pool.request({
+        method,
+        path: kvPath(key), // sent as is: `.` and `..` are keys, not path steps
+        headers: body === undefined ? this.#headers : { ...this.#headers, "content-type": "application/json" },
+        body,
+        // undici's own timers keep the try's deadline; it closes the socket when they fire.
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
+        ...(signal && { signal }),
+      });
+      const text = await res.body.text(); // always consumed, so the socket goes back to the pool
+      const retryAfter = res.headers["retry-after"];
+      return {
+        status: res.statusCode,
+        body: parseBody(text),
+        retryAfterMs: typeof retryAfter === "string" ? parseRetryAfter(retryAfter) : undefined,
+      };
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      if (this.#closed !== undefined) throw new KvError("ERR_KV_CLOSED", "the clerk is closed", { cause: err });
+      this.#current = (i + 1) % this.#pools.length;
+      throw new NetworkError(`no reply from ${this.#endpoints[i]}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+}
+
+function parseBody(text: string): Reply["body"] {
+  try {
+    const parsed: unknown = JSON.parse(text);
+    return typeof parsed === "object" && parsed !== null ? parsed : {};
+  } catch {
+    return {};
+  }
+}
+
+/** `Retry-After` in seconds or as an HTTP date, in ms from now. */
+function parseRetryAfter(header: string): number | undefined {
+  const seconds = Number(header);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+  const date = Date.parse(header);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
+}
+
+/** Everything but an expected outcome, as the error the clerk acts on. */
+function refusal({ status, body, retryAfterMs }: Reply): Error {
+  const said = typeof body.message === "string" ? `: ${body.message}` : "";
+  switch (status) {
+    case 400:
+      return new KvError("ERR_KV_BAD_REQUEST", `the server refused the request${said}`);
+    case 401:
+      return new KvError("ERR_KV_UNAUTHORIZED", `the server wants a valid bearer token${said}`);
+    case 413:
+      return new KvError("ERR_KV_TOO_LARGE", `the value is over the server's limit${said}`);
+    case 429:
+    case 503:
+      return new UnavailableError(`the server did not apply the request (${status})${said}`, retryAfterMs);
+  }
+  // 504 ErrMaybe (the store could not confirm) and any other 5xx: applied or not, nobody knows.
+  if (status >= 500) return new NetworkError(`the server answered ${status}${said}`);
+  return new KvError("ERR_KV_PROTOCOL", `unexpected reply ${status} ${JSON.stringify(body).slice(0, 200)}: is this a kv server?`);
+}

@@ -1,0 +1,17 @@
+export { Clerk, createClerk, type ClerkOptions, type RetryOptions, type CallOptions } from "./clerk";
+export { HttpTransport, type HttpTransportOptions } from "./http-transport";
+export { systemClock } from "./backoff";
+// So that @kv/clerk alone is enough for a user.
+export {
+  Err,
+  type GetResult,
+  type PutResult,
+  type Transport,
+  type Clock,
+  KvError,
+  NetworkError,
+  UnavailableError,
+  AbortError,
+  InvalidArgumentError,
+  hasCode,
+} from "@kv/rpc";

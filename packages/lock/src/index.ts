@@ -1,0 +1,1 @@
+export { Lock, createLock, LockNotHeldError, UNLOCKED, type Hold, type LockOptions } from "./lock";

@@ -1,0 +1,117 @@
+import { Clerk } from "@kv/clerk";
+import { KVServer, MemoryStore } from "@kv/server";
+import { SimNetwork, type SimNetworkOptions, testSeed } from "@kv/testkit";
+import { describe, expect, it } from "vitest";
+import { createLock, type Lock, LockNotHeldError, UNLOCKED } from "./lock";
+
+function simulate(seed: number, clients: number, faults: Omit<SimNetworkOptions, "seed"> = {}) {
+  const net = new SimNetwork(new KVServer(new MemoryStore()), { seed, ...faults });
+  const clerks = Array.from({ length: clients }, (_, c) => new Clerk(net.transport(c), { clock: net, attemptTimeoutMs: 100 }));
+  const locks = clerks.map((clerk) => createLock(clerk, "lock", { clock: net }));
+  return { net, clerks, locks };
+}
+
+/**
+ * Every client enters the critical section `sections` times; inside, it read-modify-writes a
+ * shared counter and checks that nobody else is inside.
+ */
+async function contend(seed: number, faults: Omit<SimNetworkOptions, "seed">, clients = 10, sections = 5) {
+  const { net, clerks, locks } = simulate(seed, clients, faults);
+  let inside = -1;
+  const overlaps: string[] = [];
+  const tokens: number[] = [];
+  await Promise.all(
+    locks.map(async (lock, c) => {
+      const clerk = clerks[c] as Clerk;
+      for (let i = 0; i < sections; i++) {
+        const hold = await lock.acquire();
+        if (inside !== -1) overlaps.push(`client ${c} entered while ${inside} was inside`);
+        inside = c;
+        tokens.push(hold.token);
+        const seen = await clerk.get("counter");
+        const n = seen.err === "OK" ? Number(seen.value) : 0;
+        const wrote = await clerk.put("counter", String(n + 1), seen.err === "OK" ? seen.version : 0);
+        if (wrote.err !== "OK") overlaps.push(`client ${c}'s counter put got ${wrote.err}`);
+        await net.sleep(1);
+        inside = -1;
+        await lock.release();
+        expect(hold.signal.aborted).toBe(true);
+      }
+    }),
+  );
+  const counter = await (clerks[0] as Clerk).get("counter");
+  return { net, overlaps, tokens, counter };
+}
+
+describe("Lock over the simulated network", () => {
+  it("one client: creates the key, acquires, releases, acquires again with a larger token", async () => {
+    const { locks, clerks } = simulate(1, 1);
+    const lock = locks[0] as Lock;
+    const first = await lock.acquire();
+    expect(await (clerks[0] as Clerk).get("lock")).toEqual({ err: "OK", value: lock.id, version: first.token });
+    await lock.release();
+    expect(first.signal.aborted).toBe(true);
+    expect(await (clerks[0] as Clerk).get("lock")).toMatchObject({ value: UNLOCKED, version: first.token + 1 });
+    const second = await lock.acquire();
+    expect(second.token).toBeGreaterThan(first.token);
+  });
+
+  it.each([
+    ["a reliable network", {}],
+    ["20 % loss each way", { requestLoss: 0.2, replyLoss: 0.2 }],
+  ])("keeps 10 contending clients mutually exclusive on %s, with strictly increasing tokens", async (_, faults) => {
+    const seed = testSeed();
+    const { overlaps, tokens, counter } = await contend(seed, faults);
+    expect(overlaps, `seed ${seed}`).toEqual([]);
+    expect(counter, `seed ${seed}`).toMatchObject({ err: "OK", value: "50" });
+    expect(tokens.slice(1).every((t, i) => t > (tokens[i] as number)), `seed ${seed}: ${tokens.join()}`).toBe(true);
+  });
+
+  it("gives a holder that acquires again its hold at once", async () => {
+    const { net, locks } = simulate(2, 1);
+    const lock = locks[0] as Lock;
+    const hold = await lock.acquire();
+    const before = net.stats.requests;
+    const again = await lock.acquire();
+    expect(again.token).toBe(hold.token);
+    expect(net.stats.requests).toBe(before);
+  });
+
+  it("rejects release by a Lock that does not hold the key, and changes nothing", async () => {
+    const { locks, clerks } = simulate(3, 2);
+    const [holder, other] = locks as [Lock, Lock];
+    const hold = await holder.acquire();
+    await expect(other.release()).rejects.toMatchObject({ name: "LockNotHeldError", code: "ERR_LOCK_NOT_HELD" });
+    await expect(other.release()).rejects.toBeInstanceOf(LockNotHeldError);
+    expect(await (clerks[0] as Clerk).get("lock")).toEqual({ err: "OK", value: holder.id, version: hold.token });
+    expect(hold.signal.aborted).toBe(false);
+  });
+
+  it("stops waiting with AbortError when acquire is aborted, leaving the holder in place", async () => {
+    const { net, locks, clerks } = simulate(4, 2);
+    const [holder, waiter] = locks as [Lock, Lock];
+    const hold = await holder.acquire();
+    const ac = new AbortController();
+    const waiting = waiter.acquire({ signal: ac.signal });
+    await net.sleep(500);
+    ac.abort(new Error("enough"));
+    await expect(waiting).rejects.toMatchObject({ name: "AbortError", code: "ABORT_ERR" });
+    expect(await (clerks[0] as Clerk).get("lock")).toEqual({ err: "OK", value: holder.id, version: hold.token });
+    await expect(waiter.acquire({ signal: AbortSignal.abort() })).rejects.toMatchObject({ name: "AbortError" });
+  });
+
+  it("hands the lock to a waiter once it is released", async () => {
+    const { net, locks } = simulate(5, 2);
+    const [holder, waiter] = locks as [Lock, Lock];
+    const first = await holder.acquire();
+    let acquiredAt = -1;
+    const waiting = waiter.acquire().then((h) => ((acquiredAt = net.now()), h));
+    await net.sleep(300);
+    expect(acquiredAt).toBe(-1);
+    const releasedAt = net.now();
+    await holder.release();
+    const second = await waiting;
+    expect(acquiredAt).toBeGreaterThan(releasedAt);
+    expect(second.token).toBe(first.token + 2); // one version for the release, one for the acquire
+  });
+});
