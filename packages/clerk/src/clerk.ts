@@ -43,6 +43,8 @@ export interface CallOptions {
 const DEFAULT_ATTEMPT_TIMEOUT_MS = 5_000;
 const DEFAULT_BACKOFF_BASE_MS = 10;
 const DEFAULT_BACKOFF_MAX_MS = 1_000;
+// A server may ask for a long pause; past this the clerk tries again anyway (another endpoint may serve).
+const MAX_RETRY_AFTER_MS = 30_000;
 
 const retryChannel = channel("kv:clerk:retry");
 
@@ -56,6 +58,8 @@ export class Clerk {
   readonly #baseMs: number;
   readonly #maxMs: number;
   readonly #clock: Clock;
+  // Aborted by close(), so a call waiting out a backoff or a Retry-After stops at once.
+  readonly #closing = new AbortController();
   #closed: Promise<void> | undefined;
 
   constructor(transport: Transport, options: RetryOptions = {}) {
@@ -104,7 +108,10 @@ export class Clerk {
 
   /** Ends the clerk's connections once calls in flight are done; later calls reject `ERR_KV_CLOSED`. Idempotent. */
   close(): Promise<void> {
-    this.#closed ??= this.#transport.close();
+    if (this.#closed === undefined) {
+      this.#closing.abort();
+      this.#closed = this.#transport.close();
+    }
     return this.#closed;
   }
 
@@ -129,17 +136,32 @@ export class Clerk {
           waitMs = backoffMs(n, this.#baseMs, this.#maxMs);
         } else if (hasCode(err, "ERR_KV_UNAVAILABLE")) {
           // Refused before it was applied: retrying cannot make the outcome ambiguous.
-          waitMs = Math.max((err as UnavailableError).retryAfterMs ?? 0, backoffMs(n, this.#baseMs, this.#maxMs));
+          const retryAfterMs = Math.min((err as UnavailableError).retryAfterMs ?? 0, MAX_RETRY_AFTER_MS);
+          waitMs = Math.max(retryAfterMs, backoffMs(n, this.#baseMs, this.#maxMs));
         } else {
           throw err;
         }
         if (retryChannel.hasSubscribers) retryChannel.publish({ attempt: n, waitMs, error: err });
       }
-      try {
-        await this.#clock.sleep(waitMs, signal);
-      } catch {
-        throw new AbortError(undefined, { cause: signal?.reason });
-      }
+      await this.#pause(waitMs, signal);
+    }
+  }
+
+  /** Sleeps `ms` unless the caller aborts (`AbortError`) or the clerk closes (`ERR_KV_CLOSED`). */
+  async #pause(ms: number, signal: AbortSignal | undefined): Promise<void> {
+    // Only on a retry, never on the hot path: one controller that either event aborts.
+    const wake = new AbortController();
+    const abort = () => wake.abort();
+    signal?.addEventListener("abort", abort, { once: true });
+    this.#closing.signal.addEventListener("abort", abort, { once: true });
+    try {
+      await this.#clock.sleep(ms, wake.signal);
+    } catch {
+      if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
+      throw new KvError("ERR_KV_CLOSED", "the clerk is closed");
+    } finally {
+      signal?.removeEventListener("abort", abort);
+      this.#closing.signal.removeEventListener("abort", abort);
     }
   }
 }
@@ -156,7 +178,17 @@ export function createClerk(options: ClerkOptions): Clerk {
   for (const e of endpoints) {
     if (!/^https?:\/\/[^/]+\/?$/.test(e)) throw new InvalidArgumentError(`endpoint must be an http(s) URL with no path, got ${JSON.stringify(e)}`);
   }
-  const transport = new HttpTransport({ endpoints, token: options.token, tls: options.tls });
+  const { token } = options;
+  // RFC 6750's token characters: anything else could not travel in a header.
+  if (token !== undefined && !(typeof token === "string" && /^[\x21-\x7e]+$/.test(token))) {
+    throw new InvalidArgumentError("token must be a non-empty string of visible ASCII characters");
+  }
+  const transport = new HttpTransport({
+    endpoints,
+    token,
+    tls: options.tls,
+    connectTimeoutMs: options.attemptTimeoutMs ?? DEFAULT_ATTEMPT_TIMEOUT_MS,
+  });
   const retry: RetryOptions = {};
   if (options.attemptTimeoutMs !== undefined) retry.attemptTimeoutMs = options.attemptTimeoutMs;
   if (options.backoff !== undefined) retry.backoff = options.backoff;

@@ -1,5 +1,10 @@
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer, type IncomingMessage } from "node:http";
+import { type AddressInfo, connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createServer as createTlsServer } from "node:tls";
 import type { GetResult, PutResult } from "@kv/rpc";
 import { assertLinearizable, createFaultProxy, recordHistory, type ServerProcess, startServerProcess, testSeed } from "@kv/testkit";
 import { request } from "undici";
@@ -25,6 +30,47 @@ async function deadPort(): Promise<number> {
   const { port } = s.address() as AddressInfo;
   await new Promise((r) => s.close(r));
   return port;
+}
+
+interface FrontReply {
+  status: number;
+  body: string;
+  headers?: Record<string, string>;
+}
+
+/**
+ * A real HTTP server in front of the kv server that answers as `decide` says: with a reply of its
+ * own, or with what the kv server answers (`forward`).
+ */
+async function startFront(decide: (req: IncomingMessage, forward: () => Promise<FrontReply>) => Promise<FrontReply>) {
+  const front = createServer(async (req, res) => {
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    const body = Buffer.concat(chunks).toString();
+    const forward = async (): Promise<FrontReply> => {
+      const upstream = await request(`${server.url}${req.url}`, { method: req.method as "PUT", headers: req.headers, body: body || undefined });
+      return { status: upstream.statusCode, body: await upstream.body.text() };
+    };
+    const reply = await decide(req, forward);
+    res.writeHead(reply.status, { "content-type": "application/json", ...reply.headers }).end(reply.body);
+  });
+  await new Promise<void>((r) => front.listen(0, "127.0.0.1", r));
+  onTestFinished(() => new Promise<void>((r) => front.close(() => r())));
+  return { url: `http://127.0.0.1:${(front.address() as AddressInfo).port}` };
+}
+
+/** A private CA, made now with openssl, and a certificate it signed for `host`. */
+function certificateFor(host: string): { ca: string; key: string; cert: string } {
+  const dir = mkdtempSync(join(tmpdir(), "kv-tls-"));
+  onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+  const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
+  openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=kv test CA");
+  openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", `/CN=${host}`);
+  const ext = join(dir, "ext.cnf");
+  execFileSync("sh", ["-c", `printf 'subjectAltName=IP:${host}\n' > ${ext}`]);
+  openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", ext);
+  const read = (name: string) => readFileSync(join(dir, name), "utf8");
+  return { ca: read("ca.pem"), key: read("server.key"), cert: read("server.pem") };
 }
 
 describe("createClerk over HTTP", () => {
@@ -67,28 +113,86 @@ describe("createClerk over HTTP", () => {
     await expect(clerkFor([secured.url]).get("k")).rejects.toMatchObject({ code: "ERR_KV_UNAUTHORIZED" });
   });
 
-  it("retries a 503 after Retry-After without making the put ambiguous", async () => {
-    // A real front server that refuses the first two requests, then forwards to the kv server.
+  it("retries a 503 without making the put ambiguous, even when the key moved meanwhile", async () => {
+    const writer = clerkFor([server.url]);
+    await writer.put("http-503", "v1", 0);
     let refused = 0;
-    const front = createServer(async (req, res) => {
-      if (refused < 2) {
-        refused++;
-        res.writeHead(503, { "content-type": "application/json", "retry-after": "0.05" }).end('{"err":"ErrUnavailable"}');
-        return;
+    const front = await startFront(async (req, forward) => {
+      if (req.method === "PUT" && refused++ === 0) {
+        await writer.put("http-503", "by another", 1); // the key moves while our put waits
+        return { status: 503, body: '{"err":"ErrUnavailable"}' };
       }
-      const body = await new Promise<string>((r) => {
-        let b = "";
-        req.on("data", (c) => (b += c)).on("end", () => r(b));
-      });
-      const upstream = await request(`${server.url}${req.url}`, { method: req.method as "PUT", headers: req.headers, body: body || undefined });
-      res.writeHead(upstream.statusCode, { "content-type": "application/json" }).end(await upstream.body.text());
+      return forward();
     });
-    await new Promise<void>((r) => front.listen(0, "127.0.0.1", r));
-    onTestFinished(() => new Promise<void>((r) => front.close(() => r())));
-    const clerk = clerkFor([`http://127.0.0.1:${(front.address() as AddressInfo).port}`]);
-    expect(await clerk.put("http-503", "v", 0)).toEqual({ err: "OK", version: 1 });
+    const clerk = clerkFor([front.url]);
+    expect(await clerk.put("http-503", "ours", 1)).toEqual({ err: "ErrVersion" }); // not ErrMaybe: nothing was applied
     expect(refused).toBe(2);
-    expect(await clerk.put("http-503", "w", 0)).toEqual({ err: "ErrVersion" }); // a plain answer, not ErrMaybe
+  });
+
+  it("waits as long as Retry-After asks before it retries a 429", async () => {
+    const arrivals: number[] = [];
+    const front = await startFront(async (_req, forward) => {
+      arrivals.push(performance.now());
+      if (arrivals.length === 1) return { status: 429, body: '{"err":"ErrUnavailable"}', headers: { "retry-after": "1" } };
+      return forward();
+    });
+    const clerk = clerkFor([front.url]); // backoff at most 100 ms: only Retry-After explains a longer wait
+    expect(await clerk.put("http-429", "v", 0)).toEqual({ err: "OK", version: 1 });
+    expect(arrivals).toHaveLength(2);
+    expect((arrivals[1] as number) - (arrivals[0] as number)).toBeGreaterThanOrEqual(990);
+  });
+
+  it("counts a 504 ErrMaybe as a try with no reply: a retry that meets ErrVersion returns ErrMaybe", async () => {
+    const writer = clerkFor([server.url]);
+    await writer.put("http-504", "v1", 0);
+    let answered504 = false;
+    const front = await startFront(async (req, forward) => {
+      if (req.method === "PUT" && !answered504) {
+        answered504 = true;
+        await writer.put("http-504", "by another", 1); // whether ours landed, the server could not say
+        return { status: 504, body: '{"err":"ErrMaybe"}' };
+      }
+      return forward();
+    });
+    expect(await clerkFor([front.url]).put("http-504", "ours", 1)).toEqual({ err: "ErrMaybe" });
+  });
+
+  it("connects over https to a server whose certificate a private CA signed, given tls.ca", async () => {
+    const { ca, key, cert } = certificateFor("127.0.0.1");
+    const tlsFront = createTlsServer({ key, cert }, (socket) => socket.pipe(connect(server.port, "127.0.0.1")).pipe(socket));
+    await new Promise<void>((r) => tlsFront.listen(0, "127.0.0.1", r));
+    onTestFinished(() => new Promise<void>((r) => tlsFront.close(() => r())));
+    const url = `https://127.0.0.1:${(tlsFront.address() as AddressInfo).port}`;
+    const clerk = clerkFor([url], { tls: { ca } });
+    expect(await clerk.put("https-key", "v", 0)).toEqual({ err: "OK", version: 1 });
+    expect(await clerk.get("https-key")).toEqual({ err: "OK", value: "v", version: 1 });
+    // Without the CA the server is not trusted: no try gets a reply, and the caller's deadline ends it.
+    await expect(clerkFor([url]).get("https-key", { signal: AbortSignal.timeout(300) })).rejects.toMatchObject({ name: "AbortError" });
+  });
+
+  it("stops a call at once with AbortError when its signal aborts, even while its try hangs", async () => {
+    const proxy = await createFaultProxy({ target: { host: "127.0.0.1", port: server.port }, connection: { blackhole: 1 } });
+    onTestFinished(() => proxy.close());
+    const clerk = clerkFor([proxy.url], { attemptTimeoutMs: 60_000 });
+    const ac = new AbortController();
+    const put = clerk.put("http-abort", "v", 0, { signal: ac.signal });
+    setTimeout(() => ac.abort(new Error("enough")), 100);
+    await expect(put).rejects.toMatchObject({ name: "AbortError", code: "ABORT_ERR", cause: new Error("enough") });
+  });
+
+  it("ends a call waiting to retry with ERR_KV_CLOSED when the clerk closes", async () => {
+    const clerk = clerkFor([`http://127.0.0.1:${await deadPort()}`], { backoff: { baseMs: 60_000, maxMs: 60_000 } });
+    const get = clerk.get("k");
+    await new Promise((r) => setTimeout(r, 100)); // its first try is refused; it sleeps before the next
+    await clerk.close();
+    await expect(get).rejects.toMatchObject({ code: "ERR_KV_CLOSED" });
+  });
+
+  it("lets calls in flight finish when the clerk closes", async () => {
+    const clerk = clerkFor([server.url]);
+    const puts = Array.from({ length: 20 }, (_, i) => clerk.put(`http-closing-${i}`, "v", 0));
+    await clerk.close();
+    expect(await Promise.all(puts)).toEqual(Array.from({ length: 20 }, () => ({ err: "OK", version: 1 })));
   });
 
   it("rejects calls after close with ERR_KV_CLOSED", async () => {
@@ -102,6 +206,12 @@ describe("createClerk over HTTP", () => {
     expect(() => createClerk({ endpoints: [] })).toThrow(expect.objectContaining({ code: "ERR_INVALID_ARG_VALUE" }));
     expect(() => createClerk({ endpoints: ["127.0.0.1:7070"] })).toThrow(TypeError);
     expect(() => createClerk({ endpoints: ["http://h/v1"] })).toThrow(TypeError);
+  });
+
+  it("rejects a token that could not travel in a header with InvalidArgumentError", () => {
+    for (const token of ["", "a\nb", "a b", "ключ"]) {
+      expect(() => createClerk({ endpoints: ["http://127.0.0.1:1"], token })).toThrow(expect.objectContaining({ code: "ERR_INVALID_ARG_VALUE" }));
+    }
   });
 });
 

@@ -18,6 +18,8 @@ export interface HttpTransportOptions {
   token?: string | undefined;
   /** Trust a private CA for https endpoints. */
   tls?: { ca?: string | Buffer | undefined } | undefined;
+  /** A connection not made within this counts as no reply (default: undici's 10 s). */
+  connectTimeoutMs?: number | undefined;
 }
 
 interface Reply {
@@ -28,6 +30,8 @@ interface Reply {
 
 // Enough sockets for the concurrency one process puts through one clerk; more requests queue.
 const CONNECTIONS_PER_ENDPOINT = 128;
+// undici's codes for requests it will never send as given.
+const PROGRAMMING_ERRORS = new Set(["UND_ERR_INVALID_ARG", "UND_ERR_INVALID_RETURN_VALUE", "UND_ERR_NOT_SUPPORTED"]);
 // A try with no deadline of its own; the clerk always gives one.
 const DEFAULT_TIMEOUT_MS = 30_000;
 
@@ -45,10 +49,11 @@ export class HttpTransport implements Transport {
 
   constructor(options: HttpTransportOptions) {
     this.#endpoints = options.endpoints;
-    const connect = options.tls?.ca === undefined ? undefined : { ca: options.tls.ca };
-    this.#pools = options.endpoints.map(
-      (url) => new Pool(url, { connections: CONNECTIONS_PER_ENDPOINT, pipelining: 1, ...(connect && { connect }) }),
-    );
+    const connect = {
+      ...(options.tls?.ca !== undefined && { ca: options.tls.ca }),
+      ...(options.connectTimeoutMs !== undefined && { timeout: options.connectTimeoutMs }),
+    };
+    this.#pools = options.endpoints.map((url) => new Pool(url, { connections: CONNECTIONS_PER_ENDPOINT, pipelining: 1, connect }));
     this.#headers = options.token === undefined ? {} : { authorization: `Bearer ${options.token}` };
   }
 
@@ -97,6 +102,8 @@ export class HttpTransport implements Transport {
       });
       const text = await res.body.text(); // always consumed, so the socket goes back to the pool
       const retryAfter = res.headers["retry-after"];
+      // A server refusing work (overloaded, shutting down): the next try goes to the next one.
+      if (res.statusCode === 503 || res.statusCode === 429) this.#current = (i + 1) % this.#pools.length;
       return {
         status: res.statusCode,
         body: parseBody(text),
@@ -104,6 +111,8 @@ export class HttpTransport implements Transport {
       };
     } catch (err) {
       if (signal?.aborted) throw signal.reason;
+      // undici refusing our own arguments is a bug here, not a lost reply: retrying cannot help.
+      if (PROGRAMMING_ERRORS.has((err as { code?: string }).code ?? "")) throw err;
       if (this.#closed !== undefined) throw new KvError("ERR_KV_CLOSED", "the clerk is closed", { cause: err });
       this.#current = (i + 1) % this.#pools.length;
       throw new NetworkError(`no reply from ${this.#endpoints[i]}: ${(err as Error).message}`, { cause: err });

@@ -15,8 +15,8 @@ describe("Lock over HTTP through the fault proxy (resets, drops, blackholes)", (
     const proxy = await createFaultProxy({
       target: { host: "127.0.0.1", port: server.port },
       seed,
-      connection: { reset: 0.05, blackhole: 0.02 },
-      request: { reset: 0.05, drop: 0.05, blackhole: 0.02 },
+      connection: { reset: 0.05, blackhole: 0.04 },
+      request: { reset: 0.05, drop: 0.05, blackhole: 0.04 },
       reply: { reset: 0.05, drop: 0.05 },
     });
     onTestFinished(() => proxy.close());
@@ -48,6 +48,23 @@ describe("Lock over HTTP through the fault proxy (resets, drops, blackholes)", (
     expect(problems, `seed ${seed}`).toEqual([]);
     expect(await (clerks[0] as Clerk).get(counterKey)).toMatchObject({ err: "OK", value: "30" });
     expect(tokens.slice(1).every((t, i) => t > (tokens[i] as number)), `seed ${seed}: ${tokens.join()}`).toBe(true);
-    expect(proxy.stats.reset + proxy.stats.dropped + proxy.stats.blackholed, `seed ${seed}`).toBeGreaterThan(0);
+    for (const fault of ["reset", "dropped", "blackholed"] as const) expect(proxy.stats[fault], `seed ${seed}: ${fault}`).toBeGreaterThan(0);
+  });
+});
+
+describe("Lock over HTTP", () => {
+  it("re-acquires at once, refuses release by a non-holder, and lets an aborted waiter leave the holder in place", async () => {
+    const clerk = createClerk({ endpoints: [server.url] });
+    onTestFinished(() => clerk.close());
+    const key = `lock-plain-${testSeed()}`;
+    const [holder, other] = [createLock(clerk, key), createLock(clerk, key)];
+    const hold = await holder.acquire();
+    expect((await holder.acquire()).token).toBe(hold.token);
+    await expect(other.release()).rejects.toMatchObject({ code: "ERR_LOCK_NOT_HELD" });
+    await expect(other.acquire({ signal: AbortSignal.timeout(200) })).rejects.toMatchObject({ name: "AbortError" });
+    expect(await clerk.get(key)).toEqual({ err: "OK", value: holder.id, version: hold.token });
+    await holder.release();
+    expect(hold.signal.aborted).toBe(true);
+    expect((await other.acquire()).token).toBe(hold.token + 2);
   });
 });

@@ -1,6 +1,6 @@
-import { Clerk } from "@kv/clerk";
+import { Clerk, type PutResult } from "@kv/clerk";
 import { KVServer, MemoryStore } from "@kv/server";
-import { SimNetwork, type SimNetworkOptions, testSeed } from "@kv/testkit";
+import { SimNetwork, type SimNetworkOptions, type SimServer, testSeed } from "@kv/testkit";
 import { describe, expect, it } from "vitest";
 import { createLock, type Lock, LockNotHeldError, UNLOCKED } from "./lock";
 
@@ -113,5 +113,123 @@ describe("Lock over the simulated network", () => {
     const second = await waiting;
     expect(acquiredAt).toBeGreaterThan(releasedAt);
     expect(second.token).toBe(first.token + 2); // one version for the release, one for the acquire
+  });
+});
+
+/** A put's fate at the scripted server: as usual, lost on its way there, or applied with its reply lost. */
+type Fate = "deliver" | "lose-request" | "lose-reply";
+
+/**
+ * Two Locks on one key over a simulated network whose server loses the messages a test picks,
+ * and clerks that remember what each of their puts returned.
+ */
+function scripted() {
+  const kv = new KVServer(new MemoryStore());
+  let fateOf: (value: string) => Fate = () => "deliver";
+  let isReplyLost = false;
+  const deliverReplies = () => {
+    if (isReplyLost) net.setFaults({ replyLoss: 0 }); // only the chosen reply is lost
+    isReplyLost = false;
+  };
+  const server: SimServer = {
+    get: (key) => (deliverReplies(), kv.get(key)),
+    async put(key, value, version, id) {
+      deliverReplies();
+      const fate = fateOf(value);
+      if (fate !== "deliver") fateOf = () => "deliver"; // each script loses one message
+      isReplyLost = fate !== "deliver";
+      if (isReplyLost) net.setFaults({ replyLoss: 1 });
+      return fate === "lose-request" ? { err: "ErrVersion" } : kv.put(key, value, version, id); // a lost request's answer is never seen
+    },
+  };
+  const net = new SimNetwork(server, { seed: 7 });
+  const puts: PutResult["err"][][] = [[], []];
+  const clerks = [0, 1].map(
+    (c) =>
+      new (class extends Clerk {
+        override async put(...args: Parameters<Clerk["put"]>): Promise<PutResult> {
+          const r = await super.put(...args);
+          puts[c]?.push(r.err);
+          return r;
+        }
+      })(net.transport(c), { clock: net, attemptTimeoutMs: 100 }),
+  );
+  const [a, b] = clerks.map((clerk) => createLock(clerk, "lock", { clock: net })) as [Lock, Lock];
+  return { net, kv, a, b, puts, script: (f: (value: string) => Fate) => void (fateOf = f) };
+}
+
+describe("Lock when a reply is lost (ErrMaybe)", () => {
+  it("re-reads after ErrMaybe in acquire and waits when another client took the lock meanwhile", async () => {
+    const { net, kv, a, b, puts, script } = scripted();
+    let aHolds: Promise<unknown> | undefined;
+    script((value) => {
+      if (value !== b.id) return "deliver";
+      aHolds = a.acquire(); // b's request is lost; a takes the lock before b's retry
+      return "lose-request";
+    });
+    let bHeld = false;
+    const bWaits = b.acquire().then((hold) => ((bHeld = true), hold));
+    await net.sleep(1_000);
+    const aHold = (await aHolds) as Awaited<ReturnType<Lock["acquire"]>>;
+    expect(puts[1]).toContain("ErrMaybe");
+    expect(bHeld).toBe(false); // b learned from its re-read that a holds the lock
+    expect(await kv.get("lock")).toEqual({ err: "OK", value: a.id, version: aHold.token });
+    await a.release();
+    expect((await bWaits).token).toBeGreaterThan(aHold.token);
+  });
+
+  it("ends in a hold when the acquiring put landed but its reply was lost", async () => {
+    const { kv, b, puts, script } = scripted();
+    script((value) => (value === b.id ? "lose-reply" : "deliver"));
+    const hold = await b.acquire();
+    expect(puts[1]).toEqual(["OK", "OK"]); // the lock key's creation, then the retried put, recognised by its id
+    expect(await kv.get("lock")).toEqual({ err: "OK", value: b.id, version: hold.token });
+  });
+
+  it("re-reads after ErrMaybe in release and resolves once the lock has moved on", async () => {
+    const { kv, a, b, puts, script } = scripted();
+    const aHold = await a.acquire();
+    let bHolds: Promise<Awaited<ReturnType<Lock["acquire"]>>> | undefined;
+    script((value) => {
+      if (value !== UNLOCKED) return "deliver";
+      bHolds = b.acquire(); // a's release lands; b acquires before a's retry
+      return "lose-reply";
+    });
+    await a.release();
+    expect(puts[0]?.at(-1)).toBe("ErrMaybe");
+    expect(aHold.signal.aborted).toBe(true);
+    const bHold = await (bHolds as Promise<Awaited<ReturnType<Lock["acquire"]>>>);
+    expect(await kv.get("lock")).toEqual({ err: "OK", value: b.id, version: bHold.token });
+  });
+
+  it("lets release clear a hold that an aborted acquire left behind", async () => {
+    const { net, kv, b, script } = scripted();
+    const ac = new AbortController();
+    script((value) => {
+      if (value === b.id) void net.sleep(10).then(() => ac.abort(new Error("gave up")));
+      return value === b.id ? "lose-reply" : "deliver"; // b's put lands, then b gives up before its retry
+    });
+    await expect(b.acquire({ signal: ac.signal })).rejects.toMatchObject({ name: "AbortError" });
+    expect(await kv.get("lock")).toMatchObject({ value: b.id });
+    await b.release();
+    expect(await kv.get("lock")).toMatchObject({ value: UNLOCKED });
+  });
+
+  it("gives the hold an aborted acquire left behind to the next acquire of the same Lock", async () => {
+    const { net, kv, b, script } = scripted();
+    const ac = new AbortController();
+    script((value) => {
+      if (value === b.id) void net.sleep(10).then(() => ac.abort(new Error("gave up")));
+      return value === b.id ? "lose-reply" : "deliver";
+    });
+    await expect(b.acquire({ signal: ac.signal })).rejects.toMatchObject({ name: "AbortError" });
+    const hold = await b.acquire();
+    expect(await kv.get("lock")).toEqual({ err: "OK", value: b.id, version: hold.token });
+  });
+
+  it("rejects release of a key never used with LockNotHeldError, and creates nothing", async () => {
+    const { kv, a } = scripted();
+    await expect(a.release()).rejects.toMatchObject({ code: "ERR_LOCK_NOT_HELD" });
+    expect(await kv.get("lock")).toEqual({ err: "ErrNoKey" });
   });
 });

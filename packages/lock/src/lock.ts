@@ -61,7 +61,8 @@ export class Lock {
       if (this.#hold !== undefined) return this.#holdOf(this.#hold);
       if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
       const seen = await this.#read(signal);
-      if (seen.value === this.id) return this.#begin(seen.version); // an earlier ErrMaybe landed
+      // An earlier ErrMaybe landed, or an aborted acquire of this Lock did.
+      if (seen.value === this.id) return this.#begin(seen.version);
       if (seen.value === UNLOCKED) {
         const r = await this.#clerk.put(this.#key, this.id, seen.version, { signal });
         switch (r.err) {
@@ -86,26 +87,29 @@ export class Lock {
 
   /**
    * Gives the lock up: swaps the key back to `__unlocked`, and ends the hold (its signal
-   * aborts). Rejects `LockNotHeldError` (`ERR_LOCK_NOT_HELD`), changing nothing, when this Lock
-   * does not hold the key.
+   * aborts). A Lock holds the key whenever the key holds its id, so this also gives up a hold
+   * that an aborted `acquire` left behind. Rejects `LockNotHeldError` (`ERR_LOCK_NOT_HELD`),
+   * changing nothing, when the key does not hold this Lock's id; rejects as the clerk rejects
+   * (`KvError`) on a permanent failure, and then the hold goes on.
    */
   async release(): Promise<void> {
-    const hold = this.#hold;
-    if (hold === undefined) throw new LockNotHeldError(`lock ${JSON.stringify(this.#key)} is not held by ${this.id}`);
-    try {
-      while (true) {
-        const seen = await this.#read(undefined);
+    let isOurs = this.#hold !== undefined;
+    while (true) {
+      const seen = await this.#clerk.get(this.#key);
+      if (seen.err !== "OK" || seen.value !== this.id) {
+        if (!isOurs) throw new LockNotHeldError(`lock ${JSON.stringify(this.#key)} is not held by ${this.id}`);
         // Not ours any more: a try of ours whose reply was lost released it (only the holder
         // writes the key), and others may have come and gone since.
-        if (seen.value !== this.id) return;
-        const r = await this.#clerk.put(this.#key, UNLOCKED, seen.version);
-        if (r.err === "OK") return;
-        // ErrVersion, ErrMaybe: read again to learn where the key stands.
+        break;
       }
-    } finally {
-      this.#hold = undefined;
-      hold.controller.abort(new LockNotHeldError("the hold ended"));
+      isOurs = true;
+      const r = await this.#clerk.put(this.#key, UNLOCKED, seen.version);
+      if (r.err === "OK") break;
+      // ErrVersion, ErrMaybe: read again to learn where the key stands.
     }
+    const hold = this.#hold;
+    this.#hold = undefined;
+    hold?.controller.abort(new LockNotHeldError("the hold ended"));
   }
 
   /** The key as it is now, created `__unlocked` if it does not exist yet. */
