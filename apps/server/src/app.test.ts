@@ -1,12 +1,43 @@
-import { MAX_VERSION } from "@kv/rpc";
-import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
-import { startTestServer, type TestServer } from "./testing";
+import { kvPath, MAX_VERSION } from "@kv/rpc";
+import { MemoryStore, type PutIfVersionResult, type Store, type StoredEntry } from "@kv/server";
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+import { type Reply, startTestServer, type TestServer } from "./testing";
+
+/** A MemoryStore that lists every putIfVersion call made to it, whatever its outcome. */
+class RecordingStore implements Store {
+  /** Each call's key, expected version and id, in order; values are left out (some are 1 MiB). */
+  readonly puts: Array<{ key: string; expectedVersion: number; putId: string | undefined }> = [];
+  readonly #memory = new MemoryStore();
+
+  get(key: string): Promise<StoredEntry | undefined> {
+    return this.#memory.get(key);
+  }
+
+  putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult> {
+    this.puts.push({ key, expectedVersion, putId });
+    return this.#memory.putIfVersion(key, value, expectedVersion, putId);
+  }
+
+  close(): Promise<void> {
+    return this.#memory.close();
+  }
+}
 
 let kv: TestServer;
+let recorder: RecordingStore;
 beforeAll(async () => {
-  kv = await startTestServer();
+  recorder = new RecordingStore();
+  kv = await startTestServer({}, recorder);
 });
 afterAll(() => kv.close());
+
+/** Sends `request` to the shared server and asserts that it reached no putIfVersion. */
+async function withoutPuts(request: () => Promise<Reply>): Promise<Reply> {
+  const before = recorder.puts.length;
+  const reply = await request();
+  expect(recorder.puts.slice(before), "putIfVersion calls").toEqual([]);
+  return reply;
+}
 
 describe("GET and PUT /v1/kv/:key (contract §2 over HTTP)", () => {
   it("answers 404 ErrNoKey for a key never written", async () => {
@@ -102,7 +133,7 @@ describe("bad input is refused with the contract's reply and changes nothing", (
     ["an empty key", "PUT", "/v1/kv/", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
     ["no key segment", "PUT", "/v1/kv", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
     ["a key of 4097 bytes", "PUT", `/v1/kv/${"k".repeat(4097)}`, { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
-    ["a key far too long to route", "PUT", `/v1/kv/${encodeURIComponent("é".repeat(3000))}`, { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
+    ["a key too long for Node's 16 KiB request head", "PUT", `/v1/kv/${encodeURIComponent("é".repeat(3000))}`, { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
     ["malformed percent-encoding", "PUT", "/v1/kv/%zz", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
     ["truncated UTF-8 in the key", "PUT", "/v1/kv/%E2%82", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
     ["a DELETE", "DELETE", "/v1/kv/guarded", undefined, {}, 405, "ErrMethodNotAllowed"],
@@ -113,8 +144,18 @@ describe("bad input is refused with the contract's reply and changes nothing", (
     ["an unknown path", "GET", "/v2/kv/guarded", undefined, {}, 404, "ErrNotFound"],
   ];
 
+  // Every test here sends only requests that must be refused: none may reach the store's one
+  // write. Each check takes every call since the previous one, so a write that comes after its
+  // reply fails the test in which it lands, and no call after the setup goes unchecked.
+  let checkedPuts = 0;
   beforeAll(async () => {
     await kv.put("guarded", { value: "original", version: 0 });
+    checkedPuts = recorder.puts.length;
+  });
+  afterEach(() => {
+    const unchecked = recorder.puts.slice(checkedPuts);
+    checkedPuts = recorder.puts.length;
+    expect(unchecked, "putIfVersion calls").toEqual([]);
   });
 
   it.each(cases)("refuses %s", async (_, method, path, body, headers, status, err) => {
@@ -132,6 +173,22 @@ describe("bad input is refused with the contract's reply and changes nothing", (
   it("names the extra field in its message", async () => {
     const reply = await kv.put("guarded", { value: "x", version: 1, ttl: 5 });
     expect(reply.body.message).toContain('"ttl"');
+  });
+
+  // The key route counts a key's UTF-8 bytes. The router refuses a key before that when its decoded
+  // length is over maxParamLength (KV_MAX_KEY_BYTES × 3), through frameworkErrors: its message says
+  // "got over", and that is what the third key checks; its request head still fits in Node's 16 KiB.
+  it.each([
+    ["4097 ASCII bytes", "k".repeat(4097), "got 4097"],
+    ["4098 UTF-8 bytes, 12 294 characters once percent-encoded", "é".repeat(2049), "got 4098"],
+    ["12 300 ASCII bytes, past the router's maxParamLength", "a".repeat(12_300), "got over 12288"],
+  ])("refuses a key of %s with 400 naming the limit, on GET and PUT", async (_, key, got) => {
+    expect(kvPath(key).length).toBeLessThan(16 * 1024 - 100);
+    for (const reply of [await kv.put(key, { value: "x", version: 0 }), await kv.get(key)]) {
+      expect(reply).toMatchObject({ status: 400, body: { err: "ErrBadRequest" } });
+      expect(reply.body.message).toBe(`key must be at most 4096 UTF-8 bytes, ${got}`);
+    }
+    expect(await kv.store.get(key)).toBeUndefined();
   });
 
   it.each([
@@ -174,7 +231,7 @@ describe("value size limit (KV_MAX_VALUE_BYTES, default 1 MiB of UTF-8)", () => 
   });
 
   it("refuses one byte more with 413 ErrTooLarge", async () => {
-    const reply = await kv.put("big-over", { value: "x".repeat(limit + 1), version: 0 });
+    const reply = await withoutPuts(() => kv.put("big-over", { value: "x".repeat(limit + 1), version: 0 }));
     expect(reply).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });
     expect(reply.body.message).toContain(String(limit));
     expect(await kv.store.get("big-over")).toBeUndefined();
@@ -182,12 +239,12 @@ describe("value size limit (KV_MAX_VALUE_BYTES, default 1 MiB of UTF-8)", () => 
 
   it("counts UTF-8 bytes, not characters", async () => {
     const value = "€".repeat(Math.ceil(limit / 3) + 1); // fewer characters than the limit, more bytes
-    expect(await kv.put("big-euro", { value, version: 0 })).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });
+    expect(await withoutPuts(() => kv.put("big-euro", { value, version: 0 }))).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });
     expect(await kv.store.get("big-euro")).toBeUndefined();
   });
 
   it("refuses a body past the body limit with 413 ErrTooLarge", async () => {
-    const reply = await kv.put("big-body", { value: "\u0001".repeat(limit + 200_000), version: 0 });
+    const reply = await withoutPuts(() => kv.put("big-body", { value: "\u0001".repeat(limit + 200_000), version: 0 }));
     expect(reply).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });
     expect(await kv.store.get("big-body")).toBeUndefined();
   });
@@ -195,21 +252,25 @@ describe("value size limit (KV_MAX_VALUE_BYTES, default 1 MiB of UTF-8)", () => 
 
 describe("configured limits", () => {
   it("applies KV_MAX_KEY_BYTES and KV_MAX_VALUE_BYTES", async () => {
-    const small = await startTestServer({ KV_MAX_KEY_BYTES: "8", KV_MAX_VALUE_BYTES: "4" });
+    const store = new RecordingStore();
+    const small = await startTestServer({ KV_MAX_KEY_BYTES: "8", KV_MAX_VALUE_BYTES: "4" }, store);
     onTestFinished(() => small.close());
     expect(await small.put("12345678", { value: "1234", version: 0 })).toMatchObject({ status: 200 });
     expect(await small.put("123456789", { value: "1", version: 0 })).toMatchObject({ status: 400, body: { err: "ErrBadRequest" } });
     expect(await small.put("k", { value: "12345", version: 0 })).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });
     expect(await small.store.get("123456789")).toBeUndefined();
     expect(await small.store.get("k")).toBeUndefined();
+    expect(store.puts.map((p) => p.key)).toEqual(["12345678"]);
   });
 });
 
 describe("bearer token (KV_AUTH_TOKEN)", () => {
   let secured: TestServer;
+  let securedStore: RecordingStore;
   beforeAll(async () => {
-    secured = await startTestServer({ KV_AUTH_TOKEN: "s3cret-token" });
-    await secured.store.putIfVersion("k", "original", 0, undefined);
+    securedStore = new RecordingStore();
+    secured = await startTestServer({ KV_AUTH_TOKEN: "s3cret-token" }, securedStore);
+    await securedStore.putIfVersion("k", "original", 0, undefined);
   });
   afterAll(() => secured.close());
 
@@ -224,6 +285,7 @@ describe("bearer token (KV_AUTH_TOKEN)", () => {
     expect(await secured.request("PUT", "/v1/kv/new", { value: "x", version: 0 }, headers)).toMatchObject({ status: 401 });
     expect(await secured.store.get("k")).toEqual({ value: "original", version: 1 });
     expect(await secured.store.get("new")).toBeUndefined();
+    expect(securedStore.puts.map((p) => p.key)).toEqual(["k"]); // the setup's put, nothing more
   });
 
   it("serves requests that carry the token", async () => {

@@ -28,13 +28,16 @@ export async function buildApp(config: Config, store: Store): Promise<FastifyIns
     // Fastify's own 503 while closing has no `err`; the onRequest hook below sends the contract's.
     return503OnClosing: false,
     bodyLimit: config.maxValueBytes * JSON_ESCAPE_FACTOR + BODY_OVERHEAD_BYTES,
-    // A key's percent-encoding can be three times its bytes; longer is too long for certain.
+    // The router measures the decoded key in UTF-16 code units, never more than its UTF-8 bytes:
+    // past this a key is too long for certain and frameworkErrors refuses it; a shorter one
+    // reaches the key route, which counts its bytes and says how many arrived.
     routerOptions: { maxParamLength: config.maxKeyBytes * 3 },
     // The protocol is strict (contract §4): no coercion of "1" to 1, no silently dropped fields.
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false } },
     frameworkErrors: (err, _request, reply) => {
       const tooLong = hasCode(err, "FST_ERR_MAX_PARAM_LENGTH");
-      refuse(reply, "ErrBadRequest", tooLong ? `key must be at most ${config.maxKeyBytes} UTF-8 bytes` : err.message);
+      const { maxKeyBytes } = config;
+      refuse(reply, "ErrBadRequest", tooLong ? `key must be at most ${maxKeyBytes} UTF-8 bytes, got over ${maxKeyBytes * 3}` : err.message);
     },
     // Keys and values do not depend on Host; Node's own refusal of a missing one has no body.
     http: { requireHostHeader: false },

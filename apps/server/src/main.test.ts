@@ -37,6 +37,21 @@ function startServer(env: Record<string, string>, args: string[] = []) {
   return { child, exited, listening, output: () => ({ stdout, stderr }) };
 }
 
+/** A raw connection to `url`, collecting everything the server sends on it. */
+async function openConnection(url: URL) {
+  const socket = connect(Number(url.port), url.hostname);
+  await once(socket, "connect");
+  const reply = { text: "" };
+  socket.on("data", (chunk) => (reply.text += chunk));
+  return { socket, reply };
+}
+
+/** Resolves once `url` refuses new connections: Fastify closes its listener after the preClose hooks. */
+async function expectRefused(url: URL): Promise<void> {
+  const [err] = await once(connect(Number(url.port), url.hostname), "error");
+  expect(err.code).toBe("ECONNREFUSED");
+}
+
 /** Polls `condition` every 10 ms for at most 10 s. */
 async function waitFor(condition: () => boolean): Promise<void> {
   for (let i = 0; i < 1000 && !condition(); i++) await new Promise((r) => setTimeout(r, 10));
@@ -59,30 +74,21 @@ describe("the built server (dist/main.js)", () => {
     async (signal) => {
       const server = startServer({});
       const url = await server.listening;
-      const open = async () => {
-        const socket = connect(Number(url.port), url.hostname);
-        await once(socket, "connect");
-        const reply = { text: "" };
-        socket.on("data", (chunk) => (reply.text += chunk));
-        return { socket, reply };
-      };
       const body = JSON.stringify({ value: "sent slowly", version: 0 });
       const half = Math.floor(body.length / 2);
 
       // A put whose body arrives in two parts, and a get whose headers do, with the signal in between.
-      const inFlight = await open();
+      const inFlight = await openConnection(url);
       inFlight.socket.write(
         `PUT /v1/kv/slow HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body.slice(0, half)}`,
       );
-      const late = await open();
+      const late = await openConnection(url);
       late.socket.write("GET /v1/kv/slow HTTP/1.1\r\nHost: kv\r\n");
       await new Promise((r) => setTimeout(r, 100)); // let the server read both parts
       server.child.kill(signal);
       await waitFor(() => server.output().stdout.includes('"msg":"closing"'));
 
-      const refused = connect(Number(url.port), url.hostname);
-      const [err] = await once(refused, "error");
-      expect(err.code).toBe("ECONNREFUSED"); // no longer accepting
+      await expectRefused(url); // no longer accepting
       expect(server.child.exitCode).toBe(null); // still waiting for the request in flight
 
       late.socket.write("\r\n");
@@ -97,6 +103,31 @@ describe("the built server (dist/main.js)", () => {
       expect(await server.exited).toBe(0);
     },
   );
+
+  it("answers /readyz on a kept-alive connection 503 ErrUnavailable once closing, and exits 0", async () => {
+    const server = startServer({});
+    const url = await server.listening;
+    // Two readiness checks in one write: the first is answered 200 and keeps the connection; the
+    // second, all but its final blank line, keeps the connection busy, so closing waits for it
+    // (an idle kept-alive connection is simply dropped on close).
+    const probe = await openConnection(url);
+    probe.socket.write("GET /readyz HTTP/1.1\r\nHost: kv\r\n\r\nGET /readyz HTTP/1.1\r\nHost: kv\r\n");
+    await waitFor(() => probe.reply.text.includes('{"status":"ready"}'));
+    expect(probe.reply.text).toMatch(/^HTTP\/1\.1 200 /);
+    expect(probe.reply.text).toMatch(/^connection: keep-alive\r$/im);
+    const readyReply = probe.reply.text.length;
+
+    server.child.kill("SIGTERM");
+    await waitFor(() => server.output().stdout.includes('"msg":"closing"'));
+    await expectRefused(url);
+
+    probe.socket.write("\r\n");
+    await once(probe.socket, "close");
+    const closingReply = probe.reply.text.slice(readyReply);
+    expect(closingReply).toMatch(/^HTTP\/1\.1 503 /);
+    expect(closingReply).toContain('{"err":"ErrUnavailable","message":"the server is shutting down"}');
+    expect(await server.exited).toBe(0);
+  });
 
   it.each([
     [{ KV_PORT: "abc" }, [], /KV_PORT must be an integer from 0 to 65535, got "abc"/],

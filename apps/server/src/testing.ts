@@ -1,6 +1,6 @@
 // Helpers for this app's own tests: a real server on a loopback port and raw-path requests.
 import { kvPath } from "@kv/rpc";
-import { MemoryStore } from "@kv/server";
+import { MemoryStore, type Store } from "@kv/server";
 import type { FastifyInstance } from "fastify";
 import { Pool } from "undici";
 import { buildApp } from "./app";
@@ -14,7 +14,7 @@ export interface Reply {
 
 export interface TestServer {
   app: FastifyInstance;
-  store: MemoryStore;
+  store: Store;
   base: string;
   /** Sends one request with `path` as it is (no URL normalisation); JSON bodies are encoded. */
   request(method: string, path: string, body?: unknown, headers?: Record<string, string>): Promise<Reply>;
@@ -24,10 +24,9 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-/** Starts the app on 127.0.0.1, port 0, over a fresh MemoryStore. The caller closes it. */
-export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+/** Starts the app on 127.0.0.1, port 0, over `store` (a fresh MemoryStore by default). The caller closes it. */
+export async function startTestServer(env: Record<string, string> = {}, store: Store = new MemoryStore()): Promise<TestServer> {
   const config: Config = parseConfig({ KV_LOG_LEVEL: "silent", ...env }, []);
-  const store = new MemoryStore();
   const app = await buildApp(config, store);
   const base = await app.listen({ host: "127.0.0.1", port: 0 });
   const pool = new Pool(base, { connections: 128 });
