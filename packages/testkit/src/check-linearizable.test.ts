@@ -1,4 +1,4 @@
-import type { GetResult, PutResult } from "@kv/rpc";
+import { type GetResult, InvalidArgumentError, type PutResult } from "@kv/rpc";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { checkLinearizable } from "./check-linearizable";
@@ -88,12 +88,12 @@ describe("checkLinearizable on hand-written histories", () => {
 
 describe("checkLinearizable and one client's own order", () => {
   it("catches a client that reads its key as absent right after its own put returned OK", () => {
-    const h = [put(0, 0, 5, "a", 0, OK(1)), get(0, 5, 6, NoKey)];
+    const h = [put(0, 0, 5, "a", 0, OK(1)), get(0, 6, 7, NoKey)];
     expect(checkLinearizable(h)).toMatchObject({ result: "illegal" });
   });
 
   it("catches a client that sees its own put before calling it", () => {
-    const h = [get(0, 0, 5, read("b", 1)), put(0, 5, 6, "b", 0, OK(1))];
+    const h = [get(0, 0, 5, read("b", 1)), put(0, 6, 7, "b", 0, OK(1))];
     expect(checkLinearizable(h)).toMatchObject({ result: "illegal" });
   });
 
@@ -106,9 +106,50 @@ describe("checkLinearizable and one client's own order", () => {
     const h = [put(0, 0, undefined, "a", 0), get(0, 5, 6, NoKey), get(1, 10, 11, read("a", 1))];
     expect(checkLinearizable(h)).toEqual({ result: "ok" });
   });
+
+  it("throws InvalidArgumentError, naming the client and times, when a client's op returns as its next is called", () => {
+    // Not linearizable: each client's get follows its own put, so both puts precede both gets.
+    // Split by key, touching times would read as concurrent and the history would pass.
+    const h = [
+      put(0, 0, 5, "a", 0, OK(1), "x"),
+      get(0, 5, 6, NoKey, "y"),
+      put(1, 0, 5, "b", 0, OK(1), "y"),
+      get(1, 5, 6, NoKey, "x"),
+    ];
+    expect(() => checkLinearizable(h)).toThrow(InvalidArgumentError);
+    expect(() => checkLinearizable(h)).toThrow(/client 0's ops overlap: one returned at 5, its next was called at 5/);
+    // The same history recorded with a clock that moves between them is checked, and caught.
+    const strict = [put(0, 0, 5, "a", 0, OK(1), "x"), get(0, 6, 7, NoKey, "y"), put(1, 0, 5, "b", 0, OK(1), "y"), get(1, 6, 7, NoKey, "x")];
+    expect(checkLinearizable(strict)).toMatchObject({ result: "illegal" });
+  });
+
+  it("throws when a client's ops overlap on one key, or are called at the same time", () => {
+    expect(() => checkLinearizable([put(0, 0, 5, "a", 0, OK(1)), get(0, 3, 6, read("a", 1))])).toThrow(/client 0's ops overlap/);
+    expect(() => checkLinearizable([get(3, 2, 4, NoKey, "x"), get(3, 2, 4, NoKey, "y")])).toThrow(/client 3's ops overlap/);
+  });
+
+  it("puts no constraint after an op with no reply: the client's next call may come at any time", () => {
+    const h = [put(0, 5, undefined, "a", 0), get(0, 5, 6, NoKey), get(0, 7, 8, read("a", 1))];
+    expect(checkLinearizable(h)).toEqual({ result: "ok" });
+  });
 });
 
 describe("checkLinearizable with ErrMaybe", () => {
+  it("accepts an ErrMaybe put that created the key, seen by a later read at version 1", () => {
+    const h = [get(1, 0, 1, NoKey), put(0, 2, 5, "a", 0, Maybe), get(1, 6, 7, read("a", 1))];
+    expect(checkLinearizable(h)).toEqual({ result: "ok" });
+  });
+
+  it("accepts an ErrMaybe create that did not apply because another client created the key first", () => {
+    const h = [get(1, 0, 1, NoKey), put(0, 2, 5, "a", 0, Maybe), put(1, 3, 4, "b", 0, OK(1)), get(1, 6, 7, read("b", 1))];
+    expect(checkLinearizable(h)).toEqual({ result: "ok" });
+  });
+
+  it("rejects an ErrMaybe create that did not apply though the key was absent for its whole span", () => {
+    const h = [get(1, 0, 1, NoKey), put(0, 2, 5, "a", 0, Maybe), get(1, 6, 7, NoKey)];
+    expect(checkLinearizable(h)).toMatchObject({ result: "illegal" });
+  });
+
   it("accepts an ErrMaybe put that applied, seen by a later read", () => {
     const h = [put(0, 0, 1, "a", 0, OK(1)), put(0, 2, 5, "b", 1, Maybe), get(1, 6, 7, read("b", 2))];
     expect(checkLinearizable(h)).toEqual({ result: "ok" });
@@ -164,12 +205,15 @@ describe("checkLinearizable input checks and budget", () => {
     expect(() => checkLinearizable([{ client: 0, op: { kind: "get", key: "k" }, call: 0, output: NoKey }])).toThrow(TypeError);
   });
 
-  it("answers unknown, never ok, when the budget runs out on a hard history", () => {
-    // 40 concurrent puts of unknown outcome on one key, each at a version it could match.
+  it("answers unknown, neither ok nor illegal, when the budget runs out on a hard linearizable history", () => {
+    // 40 concurrent puts of unknown outcome on one key, two at each version 1…20. It is
+    // linearizable: c20 writes at version 1, c1 at 2, c2 at 3, …, c19 at 20, the rest miss, and
+    // the read sees c19's write. The search, trying ops in call order, first takes c19 as a miss
+    // and must exhaust a vast number of orders before it finds that one (seconds, not 50 ms).
     const h: Event[] = [put(0, 0, 1, "a", 0, OK(1))];
     for (let c = 1; c <= 40; c++) h.push(put(c, 2, 100, `v${c}`, (c % 20) + 1, Maybe));
-    h.push(get(0, 101, 102, read("never written", 21)));
-    expect(checkLinearizable(h, { timeoutMs: 50 }).result).not.toBe("ok");
+    h.push(get(0, 101, 102, read("v19", 21)));
+    expect(checkLinearizable(h, { timeoutMs: 50 })).toEqual({ result: "unknown" });
   });
 });
 
@@ -220,23 +264,20 @@ describe("checkLinearizable properties", () => {
 });
 
 /**
- * Tries every order of a small history: the definition of linearizability, executed. Real-time
- * order, plus each client's own order of ops on one key (their times may touch).
+ * Tries every order of a small history: the definition of linearizability, executed, across all
+ * keys at once. Real-time order only: the histories keep each client's ops strictly apart.
  */
 function bruteForce(history: Event[]): boolean {
   const ops = history.filter((e) => !(e.op.kind === "get" && e.output === undefined));
   const end = (e: Event) => e.return ?? Number.POSITIVE_INFINITY;
   const used = new Array<boolean>(ops.length).fill(false);
   const states = new Map<string, { value: string; version: number }>();
-  const mustPrecede = (o: Event, j: number, e: Event, i: number) =>
-    end(o) < e.call ||
-    (o.client === e.client && o.op.key === e.op.key && o.return !== undefined && (o.call < e.call || (o.call === e.call && j < i)));
   const tryFrom = (placed: number): boolean => {
     if (placed === ops.length) return true;
     for (let i = 0; i < ops.length; i++) {
       if (used[i]) continue;
       const e = ops[i] as Event;
-      if (ops.some((o, j) => !used[j] && j !== i && mustPrecede(o, j, e, i))) continue;
+      if (ops.some((o, j) => !used[j] && j !== i && end(o) < e.call)) continue;
       const cur = states.get(e.op.key);
       const version = cur?.version ?? 0;
       let write: { value: string; version: number } | undefined;
@@ -280,7 +321,7 @@ describe("checkLinearizable against brute force", () => {
     key: fc.constantFrom("a", "b"),
     value: fc.constantFrom("x", "y"),
     version: fc.nat(2),
-    gap: fc.nat(3), // 0: called the instant the client's last op returned
+    gap: fc.nat(3), // 0 after no reply: called the instant the client gave up
     length: fc.nat(6),
     output: outputArb,
     readValue: fc.constantFrom("x", "y"),
@@ -288,7 +329,10 @@ describe("checkLinearizable against brute force", () => {
     readAbsent: fc.boolean(),
     lost: fc.boolean(),
   });
-  /** Up to three clients, each one op at a time, with touching and overlapping spans across clients. */
+  /**
+   * Up to three clients, each one op at a time (an answered op returns strictly before the
+   * client's next call), with touching and overlapping spans across clients.
+   */
   const historyArb = fc.array(fc.tuple(fc.nat(4), fc.array(stepArb, { maxLength: 3 })), { minLength: 1, maxLength: 3 }).map((clients) => {
     const history: Event[] = [];
     clients.forEach(([start, steps], client) => {
@@ -297,7 +341,7 @@ describe("checkLinearizable against brute force", () => {
         const call = t + r.gap;
         const isLost = r.lost && r.output === undefined;
         const ret = isLost ? undefined : call + r.length;
-        t = call + r.length; // a client that got no reply moves on once it gives up
+        t = isLost ? call + r.length : call + r.length + 1; // a client that got no reply moves on once it gives up
         if (r.kind === "get") history.push(get(client, call, ret, r.readAbsent ? NoKey : read(r.readValue, r.readVersion), r.key));
         else history.push(put(client, call, ret, r.value, r.version, isLost ? undefined : (r.output ?? OK(r.version + 1)), r.key));
       }

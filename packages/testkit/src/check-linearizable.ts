@@ -1,6 +1,11 @@
 import { InvalidArgumentError } from "@kv/rpc";
 import { type Event, formatEvent } from "./history";
 
+/**
+ * The verdict of {@link checkLinearizable}: `ok` (some order fits every result), `illegal` (none
+ * fits the ops on `key`; `explanation` shows where the best order got stuck), or `unknown` (out of
+ * time before either was proved).
+ */
 export type CheckResult =
   | { result: "ok" }
   | { result: "illegal"; key: string; explanation: string }
@@ -19,15 +24,20 @@ const CLOCK_CHECK_INTERVAL = 4096;
  *
  * Answers `ok`, `illegal` (with the key and the longest consistent prefix it found), or
  * `unknown` when `timeoutMs` (default 10 s, shared by all keys) runs out; never a wrong `ok`.
- * Throws `InvalidArgumentError` (a `TypeError`) for a malformed event: return before call, an
- * output without a return. Ops of different keys at equal times count as concurrent: give
- * distinct times (recordHistory does) where that matters.
+ * Ops of different clients at equal times count as concurrent.
+ *
+ * Throws `InvalidArgumentError` (a `TypeError`) for a malformed event (return before call, an
+ * output without a return) and for a client whose ops overlap: an answered op must return
+ * strictly before the same client's next call (contract §6). Per-key checking sees a client's
+ * order only through the times, so touching times would lose it; record with a clock that moves
+ * between a return and the next call (recordHistory does). An op with no reply constrains nothing.
  */
 export function checkLinearizable(history: readonly Event[], opts: { timeoutMs?: number } = {}): CheckResult {
   const deadline = performance.now() + (opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
   const byKey = new Map<string, Event[]>();
+  for (const e of history) validate(e);
+  checkClientOrder(history);
   for (const e of history) {
-    validate(e);
     // A get with no reply told nobody anything and changed nothing.
     if (e.op.kind === "get" && e.output === undefined) continue;
     const events = byKey.get(e.op.key);
@@ -52,6 +62,34 @@ function validate(e: Event): void {
   }
 }
 
+/**
+ * One client's ops never overlap (contract §6): each answered op returns strictly before the
+ * client's next call. Checked here because the search, split by key, sees a client's order only
+ * through the times: a return equal to the next call would read as concurrent and hide it.
+ */
+function checkClientOrder(history: readonly Event[]): void {
+  const byClient = new Map<number, Event[]>();
+  for (const e of history) {
+    const list = byClient.get(e.client);
+    if (list === undefined) byClient.set(e.client, [e]);
+    else list.push(e);
+  }
+  for (const [client, list] of byClient) {
+    list.sort((a, b) => a.call - b.call);
+    for (let i = 1; i < list.length; i++) {
+      const prev = list[i - 1] as Event;
+      const next = list[i] as Event;
+      // An op with no reply may land any time after its call: it orders nothing after it.
+      if (prev.return === undefined || prev.return < next.call) continue;
+      throw new InvalidArgumentError(
+        `client ${client}'s ops overlap: one returned at ${prev.return}, its next was called at ${next.call}; ` +
+          `an op must return strictly before its client's next call (record with a clock that moves between them):\n` +
+          `  ${formatEvent(prev)}\n  ${formatEvent(next)}`,
+      );
+    }
+  }
+}
+
 /** How an op fits the state: does not fit, fits without changing it, or fits by writing. */
 const enum Fit {
   No,
@@ -65,9 +103,6 @@ interface KeyOp {
   /** Interned value of a put, so states compare as two numbers. */
   readonly valueId: number;
   readonly isUnknownPut: boolean;
-  /** The same client's answered op on this key just before this one: it must come first. */
-  after: KeyOp | null;
-  isDone: boolean;
 }
 
 /** A node of Lowe's doubly linked list of call and return entries. */
@@ -102,12 +137,11 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
     bit,
     valueId: event.op.kind === "put" ? intern(event.op.value) : event.output?.err === "OK" && "value" in event.output ? intern(event.output.value) : -1,
     isUnknownPut: event.op.kind === "put" && (event.output === undefined || event.output.err === "ErrMaybe"),
-    after: null,
-    isDone: false,
   }));
-  orderByClient(ops);
 
-  // Calls before returns at equal times: such ops count as concurrent, which can only allow more.
+  // Calls before returns at equal times: such ops (of different clients, checkClientOrder made
+  // sure) count as concurrent, which can only allow more. A client's earlier answered op returns
+  // before its next call, so the list keeps the later one out of reach until the earlier is placed.
   const points = ops.flatMap((op) => [
     { time: op.event.call, isCall: true, op },
     { time: op.event.return ?? Number.POSITIVE_INFINITY, isCall: false, op },
@@ -125,7 +159,6 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
   }
 
   const lift = (e: Entry) => {
-    e.op.isDone = true;
     (e.prev as Entry).next = e.next;
     if (e.next) e.next.prev = e.prev;
     const m = e.match as Entry;
@@ -138,7 +171,6 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
     if (m.next) m.next.prev = m;
     (e.prev as Entry).next = e;
     if (e.next) e.next.prev = e;
-    e.op.isDone = false;
   };
 
   const words = new Uint16Array(Math.ceil(ops.length / 16));
@@ -173,7 +205,7 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
       // An op that fits now without effect, and could not write later, may be taken first:
       // any order that takes it later works as well with it here. No other choice is needed.
       for (let e: Entry | null = head.next; e !== null && e.isCall; e = e.next) {
-        if (!isReady(e.op) || !isForced(e.op, version, valueId)) continue;
+        if (!isForced(e.op, version, valueId)) continue;
         toggle(e.op.bit);
         if (visit(version, valueId)) {
           lift(e);
@@ -189,7 +221,7 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
 
     // Branch: try each op that may come next, in list order from where the last try left off.
     for (let e = isDoomed ? null : (resumeAt ?? head.next); e !== null && e.isCall; e = e.next) {
-      const fit = isReady(e.op) ? fitOf(e.op, version, valueId) : Fit.No;
+      const fit = fitOf(e.op, version, valueId);
       if (fit === Fit.No) continue;
       const nextVersion = fit === Fit.Write ? version + 1 : version;
       const nextValueId = fit === Fit.Write ? e.op.valueId : valueId;
@@ -223,30 +255,6 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
     }
   }
 }
-
-/**
- * A client's ops never overlap (contract §6): each comes after that client's previous answered
- * op, even when the times touch — a client calls its next op the instant the last one returns.
- * An op with no reply constrains nothing after it: it may land late.
- */
-function orderByClient(ops: KeyOp[]): void {
-  const byClient = new Map<number, KeyOp[]>();
-  for (const op of ops) {
-    const list = byClient.get(op.event.client);
-    if (list === undefined) byClient.set(op.event.client, [op]);
-    else list.push(op);
-  }
-  for (const list of byClient.values()) {
-    list.sort((a, b) => a.event.call - b.event.call || a.bit - b.bit);
-    let lastAnswered: KeyOp | null = null;
-    for (const op of list) {
-      op.after = lastAnswered;
-      if (op.event.return !== undefined) lastAnswered = op;
-    }
-  }
-}
-
-const isReady = (op: KeyOp): boolean => op.after === null || op.after.isDone;
 
 /** How `op` fits the state (version, valueId) of its key, by contract §2. */
 function fitOf(op: KeyOp, version: number, valueId: number): Fit {

@@ -9,13 +9,15 @@ export interface FaultRates {
   drop?: number;
   /** The chunk and all that follows on this connection vanish; the connections stay open, silent. */
   blackhole?: number;
-  /** The chunk is forwarded after `delayMs`, in order with the rest. */
+  /** The chunk is forwarded `delayMs` late, in order with the rest (for a connection: every chunk, both ways). */
   delay?: number;
+  /** How late a delayed chunk is forwarded (default 50 ms). */
   delayMs?: number;
 }
 
+/** Fault rates per direction; a direction left out has no faults. */
 export interface ProxyFaults {
-  /** Each new connection, as it is accepted (`delay` does not apply): before any request. */
+  /** Each new connection, as it is accepted: before any request. */
   connection?: FaultRates;
   /** Client → server: a faulty request never reaches the server. */
   request?: FaultRates;
@@ -23,14 +25,22 @@ export interface ProxyFaults {
   reply?: FaultRates;
 }
 
+/** Where a {@link FaultProxy} forwards to, its first fault rates, and its seed. */
 export interface FaultProxyOptions extends ProxyFaults {
+  /** The server behind the proxy. */
   target: { host: string; port: number };
   /** Decisions are drawn from this seed (default: random). */
   seed?: number;
 }
 
+/**
+ * What a {@link FaultProxy} has done so far. A fault counts once each time it is rolled: once per
+ * connection for a `connection` fault, once per chunk for a `request` or `reply` fault.
+ */
 export interface FaultProxyStats {
+  /** Connections accepted. */
   connections: number;
+  /** Chunks passed on, either way. */
   forwarded: number;
   reset: number;
   dropped: number;
@@ -103,6 +113,11 @@ export class FaultProxy {
     return this.#closed;
   }
 
+  /** `await using proxy = await createFaultProxy(…)` closes it at the end of the scope. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   /** Rolls one fault from `rates`: which one happens, if any. */
   #roll(rates: FaultRates): "reset" | "drop" | "blackhole" | "delay" | undefined {
     let roll = this.#random();
@@ -131,12 +146,17 @@ export class FaultProxy {
         this.stats.blackholed++;
         client.resume(); // read and discard; never answer
         break;
+      case "delay":
+        this.stats.delayed++;
+        this.#pipe(client, this.#faults.connection.delayMs ?? DEFAULT_DELAY_MS);
+        break;
       default:
-        this.#pipe(client);
+        this.#pipe(client, 0);
     }
   }
 
-  #pipe(client: Socket): void {
+  /** Forwards both ways, every chunk `connectionDelayMs` late (plus any delay rolled for it). */
+  #pipe(client: Socket, connectionDelayMs: number): void {
     const upstream = connect(this.#target.port, this.#target.host);
     this.#sockets.add(upstream);
     upstream.on("close", () => this.#sockets.delete(upstream));
@@ -145,11 +165,20 @@ export class FaultProxy {
       client.destroy();
       upstream.destroy();
     };
-    client.on("close", end);
-    upstream.on("close", end);
     let isBlackholed = false;
     const pipe = (from: Socket, to: Socket, direction: keyof ProxyFaults) => {
+      // Chunks leave in the order they came, each once its own delay is over.
       let queue = Promise.resolve();
+      const send = (chunk: Buffer, delayMs: number) => {
+        const due = performance.now() + delayMs;
+        queue = queue.then(() => this.#sleep(due - performance.now())).then(() => forward(to, chunk));
+      };
+      // What `from` sent before it closed still goes through, late if delayed; then `to` closes.
+      from.on("close", () => {
+        queue = queue.then(() => {
+          if (!to.destroyed) to.end();
+        });
+      });
       from.on("data", (chunk: Buffer) => {
         if (isBlackholed) return;
         const rates = this.#faults[direction];
@@ -167,14 +196,12 @@ export class FaultProxy {
             this.stats.blackholed++;
             isBlackholed = true;
             break;
-          case "delay": {
+          case "delay":
             this.stats.delayed++;
-            const ms = rates.delayMs ?? DEFAULT_DELAY_MS;
-            queue = queue.then(() => this.#sleep(ms)).then(() => forward(to, chunk));
+            send(chunk, connectionDelayMs + (rates.delayMs ?? DEFAULT_DELAY_MS));
             break;
-          }
           default:
-            queue = queue.then(() => forward(to, chunk));
+            send(chunk, connectionDelayMs);
         }
       });
     };
@@ -188,6 +215,7 @@ export class FaultProxy {
   }
 
   #sleep(ms: number): Promise<void> {
+    if (ms <= 0) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.#timers.delete(timer);

@@ -4,7 +4,8 @@ import type { GetResult, PutResult } from "@kv/rpc";
 export type Op = { kind: "get"; key: string } | { kind: "put"; key: string; value: string; version: number };
 
 /**
- * One operation as a client saw it. A client's own events never overlap in time.
+ * One operation as a client saw it. A client's own events never overlap in time: an answered
+ * event returns strictly before the client's next call (`checkLinearizable` throws otherwise).
  * - `return` and `output` present: the op took effect between `call` and `return`.
  * - output `ErrMaybe`: a put that took effect at one moment between `call` and `return`, applied
  *   exactly when the key's version matched then; only its result is unknown.

@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { checkLinearizable } from "./check-linearizable";
 import type { Event } from "./history";
 import { assertLinearizable, recordHistory } from "./record-history";
 
@@ -56,6 +57,7 @@ describe("recordHistory", () => {
       const own = history.filter((e) => e.client === client);
       own.slice(1).forEach((e, i) => expect(e.call).toBeGreaterThan(own[i]?.return as number));
     }
+    expect(() => checkLinearizable(history)).not.toThrow(); // no client's ops touch
   });
 
   it("fails the run on an error that is not a lost reply", async () => {

@@ -3,9 +3,11 @@ import { checkLinearizable } from "./check-linearizable";
 import { type Event, formatHistory, type Op } from "./history";
 import { createRandom } from "./random";
 
+/** The workload {@link recordHistory} runs: how many clients, how many ops, on which keys, and how. */
 export interface RecordHistoryOptions {
   /** How many concurrent clients; client ids are 0 … clients − 1. */
   clients: number;
+  /** How many ops each client performs, one after another. */
   opsPerClient: number;
   /** The keys to work on; each op picks one at random. */
   keys: readonly string[];

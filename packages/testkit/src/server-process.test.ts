@@ -1,5 +1,8 @@
 import { once } from "node:events";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { type ServerProcessOptions, startServerProcess } from "./server-process";
 
@@ -13,7 +16,32 @@ async function start(options?: ServerProcessOptions) {
 const put = (url: string, key: string, version: number) =>
   fetch(`${url}/v1/kv/${key}`, { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify({ value: "v", version }) });
 
+/** A stand-in server that says 503 to its first two `/readyz` requests, and how many it has had. */
+const SLOW_TO_READY = `
+import { createServer } from "node:http";
+let polls = 0;
+const server = createServer((req, res) => {
+  if (req.url !== "/readyz") return void res.writeHead(404).end();
+  polls++;
+  const ready = polls > 2;
+  res.writeHead(ready ? 200 : 503, { "content-type": "application/json" }).end(JSON.stringify({ ready, polls }));
+});
+server.listen(0, "127.0.0.1", () => console.log("Server listening at http://127.0.0.1:" + server.address().port));
+`;
+
 describe("startServerProcess", () => {
+  it("resolves only once /readyz answers 200: a single GET /readyz right after it is answered 200", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "kv-testkit-"));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
+    const entry = join(dir, "slow-to-ready.mjs");
+    await writeFile(entry, SLOW_TO_READY);
+    const server = await start({ entry });
+    const res = await fetch(`${server.url}/readyz`, { signal: AbortSignal.timeout(5_000) }); // one try, no retry
+    expect(res.status).toBe(200);
+    const { polls } = (await res.json()) as { polls: number };
+    expect(polls).toBeGreaterThanOrEqual(4); // the harness asked through both 503s, then got its 200
+  });
+
   it("starts the built server on a free loopback port, ready, and stops it with exit code 0", async () => {
     const server = await start();
     expect(server.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);

@@ -2,12 +2,14 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 
+/** How {@link startServerProcess} runs the server: its environment, arguments, entry file and patience. */
 export interface ServerProcessOptions {
   /**
    * `KV_*` settings; `KV_PORT` defaults to 0 (a free port) and `KV_STORE` to `memory`.
    * `KV_LOG_LEVEL` is always `info`: the harness learns the port from the line logged at that level.
    */
   env?: Record<string, string>;
+  /** Command-line arguments after the entry file. */
   args?: string[];
   /** The server's entry file (default: the monorepo's built `apps/server/dist/main.js`). */
   entry?: string;

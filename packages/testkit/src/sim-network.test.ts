@@ -3,15 +3,25 @@ import { KVServer, MemoryStore, type PutIfVersionResult, type Store, type Stored
 import { describe, expect, it } from "vitest";
 import { checkLinearizable } from "./check-linearizable";
 import { testSeed } from "./random";
-import { assertLinearizable, recordHistory } from "./record-history";
-import { SimNetwork, type SimNetworkOptions } from "./sim-network";
+import type { Event } from "./history";
+import { assertLinearizable, type RecordHistoryOptions, recordHistory } from "./record-history";
+import { SimNetwork, type SimNetworkOptions, type SimServer } from "./sim-network";
 
 const lossy: Omit<SimNetworkOptions, "seed"> = { requestLoss: 0.2, replyLoss: 0.2, longDelayRate: 0.05, longDelayMs: 300 };
 
-async function runWorkers(store: Store, seed: number, options = lossy) {
-  const net = new SimNetwork(new KVServer(store), { seed, ...options });
+/** `recordHistory`, whose failure names the seed to replay, as a checker's verdict does. */
+async function record(options: RecordHistoryOptions): Promise<Event[]> {
+  try {
+    return await recordHistory(options);
+  } catch (err) {
+    throw new Error(`recording failed (replay with KV_TEST_SEED=${options.seed}): ${String(err)}`, { cause: err });
+  }
+}
+
+async function runWorkers(server: SimServer, seed: number, options = lossy) {
+  const net = new SimNetwork(server, { seed, ...options });
   const transports = Array.from({ length: 10 }, (_, c) => net.transport(c));
-  const history = await recordHistory({
+  const history = await record({
     clients: 10,
     opsPerClient: 60,
     keys: ["a", "b", "c"],
@@ -43,7 +53,7 @@ class VersionBlindStore implements Store {
 describe("SimNetwork", () => {
   it("keeps KVServer linearizable for 10 single-try clients at 20 % request and 20 % reply loss", async () => {
     const seed = testSeed();
-    const { net, history } = await runWorkers(new MemoryStore(), seed);
+    const { net, history } = await runWorkers(new KVServer(new MemoryStore()), seed);
     expect(net.stats.lostRequests, `seed ${seed}`).toBeGreaterThan(0);
     expect(net.stats.lostReplies, `seed ${seed}`).toBeGreaterThan(0);
     const unanswered = history.filter((e) => e.return === undefined).length;
@@ -53,18 +63,30 @@ describe("SimNetwork", () => {
 
   it("lets the checker catch a store that ignores versions", async () => {
     const seed = testSeed();
-    const { history } = await runWorkers(new VersionBlindStore(), seed);
+    const { history } = await runWorkers(new KVServer(new VersionBlindStore()), seed);
     expect(checkLinearizable(history), `seed ${seed}`).toMatchObject({ result: "illegal" });
   });
 
   it("replays the same run from the same seed", async () => {
     const seed = testSeed();
-    const first = await runWorkers(new MemoryStore(), seed);
-    const second = await runWorkers(new MemoryStore(), seed);
+    const first = await runWorkers(new KVServer(new MemoryStore()), seed);
+    const second = await runWorkers(new KVServer(new MemoryStore()), seed);
     expect(second.history, `seed ${seed}`).toEqual(first.history);
     expect(second.stats).toEqual(first.stats);
-    const other = await runWorkers(new MemoryStore(), seed + 1);
+    const other = await runWorkers(new KVServer(new MemoryStore()), seed + 1);
     expect(other.history).not.toEqual(first.history);
+  });
+
+  it("fails a recording that throws with the seed to replay it", async () => {
+    const seed = testSeed();
+    const server = new KVServer(new MemoryStore());
+    const buggy: SimServer = {
+      get: (key) => server.get(key),
+      put: async () => {
+        throw new TypeError("a bug in the server");
+      },
+    };
+    await expect(runWorkers(buggy, seed)).rejects.toThrow(`recording failed (replay with KV_TEST_SEED=${seed}): TypeError: a bug in the server`);
   });
 
   it("delivers late requests after their sender gave up, out of order", async () => {
@@ -109,7 +131,7 @@ describe("SimNetwork", () => {
         await net.sleep(10);
       }
     })();
-    const history = await recordHistory({
+    const history = await record({
       clients: 10,
       opsPerClient: 60,
       keys: ["a", "b"],
@@ -136,6 +158,19 @@ describe("SimNetwork", () => {
     net.heal();
     expect(await cut.get("k")).toEqual({ err: "OK", value: "w", version: 1 });
     expect(net.stats.partitioned).toBeGreaterThan(0);
+  });
+
+  it("heals only the clients named, and every client when none are", async () => {
+    const net = new SimNetwork(new KVServer(new MemoryStore()), { seed: 6 });
+    const [a, b, c] = [net.transport(0), net.transport(1), net.transport(2)];
+    net.partition([0, 1, 2]);
+    net.heal([1]);
+    expect(await b.get("k")).toEqual({ err: "ErrNoKey" });
+    await expect(a.get("k")).rejects.toMatchObject({ code: "ERR_KV_NO_REPLY" });
+    await expect(c.get("k")).rejects.toMatchObject({ code: "ERR_KV_NO_REPLY" });
+    net.heal();
+    expect(await a.get("k")).toEqual({ err: "ErrNoKey" });
+    expect(await c.get("k")).toEqual({ err: "ErrNoKey" });
   });
 
   it("advances virtual time only: a long simulated run takes little real time", async () => {

@@ -8,12 +8,13 @@ export interface SimServer {
   put(key: string, value: string, version: number, id?: string): Promise<PutResult>;
 }
 
+/** The fault and delay settings of a {@link SimNetwork}; `setFaults` changes them mid-run. */
 export interface SimFaults {
   /** Chance that a request is lost on its way to the server (0–1). */
   requestLoss: number;
   /** Chance that a reply is lost on its way back, after the server acted (0–1). */
   replyLoss: number;
-  /** Each message takes a delay drawn uniformly from [minDelayMs, maxDelayMs]… */
+  /** Each message takes a delay drawn uniformly from [minDelayMs, maxDelayMs] (default [0, 5] virtual ms)… */
   minDelayMs: number;
   maxDelayMs: number;
   /** …or, with this chance, one drawn from [0, longDelayMs]: late messages overtake and arrive after their sender gave up. */
@@ -21,6 +22,7 @@ export interface SimFaults {
   longDelayMs: number;
 }
 
+/** A {@link SimNetwork}'s seed, reply timeout and first fault settings (no loss by default). */
 export interface SimNetworkOptions extends Partial<SimFaults> {
   /** Every fault and delay is drawn from this seed: the same seed replays the same run. */
   seed: number;
@@ -28,11 +30,17 @@ export interface SimNetworkOptions extends Partial<SimFaults> {
   replyTimeoutMs?: number;
 }
 
+/** What a {@link SimNetwork} has done so far. */
 export interface SimStats {
+  /** Calls made through its transports. */
   requests: number;
+  /** Requests lost to `requestLoss`. */
   lostRequests: number;
+  /** Replies lost to `replyLoss`, after the server acted. */
   lostReplies: number;
+  /** Messages lost because their client was cut off by `partition`. */
   partitioned: number;
+  /** Calls that rejected `NetworkError` for want of a reply. */
   timeouts: number;
 }
 
@@ -119,9 +127,10 @@ export class SimNetwork implements SimClock {
     for (const c of clients) this.#cutOff.add(c);
   }
 
-  /** Reconnects every client. */
-  heal(): void {
-    this.#cutOff.clear();
+  /** Reconnects the clients given, or every client when none are given; the others stay cut off. */
+  heal(clients?: Iterable<number>): void {
+    if (clients === undefined) this.#cutOff.clear();
+    else for (const c of clients) this.#cutOff.delete(c);
   }
 
   /** Client `client`'s end of the network: each call is one try, which rejects `NetworkError` on no reply. */
