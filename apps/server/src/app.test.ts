@@ -1,5 +1,5 @@
 import { kvPath, MAX_VERSION } from "@kv/rpc";
-import { MemoryStore, type PutIfVersionResult, type Store, type StoredEntry } from "@kv/server";
+import { MemoryStore, type PutIfVersionResult, type Store, type StoredEntry, StoreOutcomeUnknownError, StoreUnavailableError } from "@kv/server";
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { type Reply, startTestServer, type TestServer } from "./testing";
 
@@ -323,5 +323,39 @@ describe("service routes", () => {
     expect(schema.required).toEqual(["value", "version"]);
     expect(schema.additionalProperties).toBe(false);
     expect(Object.keys(route.put.responses)).toEqual(expect.arrayContaining(["200", "404", "409"]));
+  });
+});
+
+describe("when the store cannot serve", () => {
+  /** A store whose backend is away: reads are refused, and puts are refused or left unconfirmed. */
+  function failingStore(putError: Error): Store {
+    return {
+      get: () => Promise.reject(new StoreUnavailableError("no quorum")),
+      putIfVersion: () => Promise.reject(putError),
+      isReady: async () => false,
+      close: async () => {},
+    };
+  }
+
+  it("answers 503 ErrUnavailable with Retry-After when the store did not apply the call, and /readyz 503", async () => {
+    const own = await startTestServer({}, failingStore(new StoreUnavailableError("no quorum")));
+    onTestFinished(() => own.close());
+    for (const reply of [await own.get("k"), await own.put("k", { value: "v", version: 0 })]) {
+      expect(reply.status).toBe(503);
+      expect(reply.body).toEqual({ err: "ErrUnavailable", message: "no quorum" });
+      expect(reply.headers["retry-after"]).toBe("1");
+    }
+    const ready = await own.request("GET", "/readyz");
+    expect(ready.status).toBe(503);
+    expect(ready.body).toMatchObject({ err: "ErrUnavailable" });
+    expect((await own.request("GET", "/healthz")).status).toBe(200);
+  });
+
+  it("answers 504 ErrMaybe when the store could not confirm a put (contract §4)", async () => {
+    const own = await startTestServer({}, failingStore(new StoreOutcomeUnknownError("etcd timed out")));
+    onTestFinished(() => own.close());
+    const reply = await own.put("k", { value: "v", version: 0 });
+    expect(reply.status).toBe(504);
+    expect(reply.body).toEqual({ err: "ErrMaybe", message: "etcd timed out" });
   });
 });

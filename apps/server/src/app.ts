@@ -76,6 +76,16 @@ export async function buildApp(config: Config, store: Store): Promise<FastifyIns
     }
     if (hasCode(err, "ERR_INVALID_ARG_VALUE")) return refuse(reply, "ErrBadRequest", err.message);
     if (hasCode(err, "ERR_KV_CLOSED")) return refuse(reply, "ErrUnavailable", "the server is shutting down");
+    // The store did not apply it (its backend is unreachable): a retry is safe.
+    if (hasCode(err, "ERR_KV_UNAVAILABLE")) {
+      request.log.warn({ err }, "store unavailable");
+      return refuse(reply.header("retry-after", "1"), "ErrUnavailable", err.message);
+    }
+    // The store sent the put on but cannot say whether it was applied (contract §4).
+    if (hasCode(err, "ERR_KV_OUTCOME_UNKNOWN")) {
+      request.log.warn({ err }, "store could not confirm a put");
+      return refuse(reply, "ErrMaybe", err.message);
+    }
     if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) {
       return refuse(reply, "ErrBadRequest", err.message);
     }
@@ -104,7 +114,7 @@ export async function buildApp(config: Config, store: Store): Promise<FastifyIns
   });
   app.addHook("onClose", () => store.close());
 
-  await app.register(healthRoutes);
+  await app.register(healthRoutes, { store });
   await app.register(kvRoutes, { prefix: "/v1", server: new KVServer(store), config });
   app.get("/openapi.json", { schema: { hide: true } }, () => app.swagger());
 

@@ -12,11 +12,11 @@ const problemsOf = (env: Record<string, string>, argv: string[] = []): readonly 
 };
 
 describe("parseConfig", () => {
-  it("has the contract's defaults, on the memory store", () => {
+  it("has the contract's defaults, on the durable store lmdb:kv-data", () => {
     expect(parseConfig({}, [])).toEqual({
       host: "127.0.0.1",
       port: 7070,
-      store: { kind: "memory" },
+      store: { kind: "lmdb", path: "kv-data" },
       authToken: undefined,
       maxKeyBytes: 4096,
       maxValueBytes: 1048576,
@@ -40,6 +40,16 @@ describe("parseConfig", () => {
     expect(config).toMatchObject({ host: "::1", port: 0, authToken: "t", maxKeyBytes: 100, maxValueBytes: 0, logLevel: "warn" });
   });
 
+  it.each([
+    ["memory", {}, { kind: "memory" }],
+    ["lmdb:/var/lib/kv", {}, { kind: "lmdb", path: "/var/lib/kv" }],
+    ["lmdb:data.v1", {}, { kind: "lmdb", path: "data.v1" }],
+    ["etcd:http://10.0.0.1:2379", {}, { kind: "etcd", endpoints: ["http://10.0.0.1:2379"], prefix: "kv/" }],
+    ["etcd:http://a:2379,https://b:2379", { KV_ETCD_PREFIX: "team-a/" }, { kind: "etcd", endpoints: ["http://a:2379", "https://b:2379"], prefix: "team-a/" }],
+  ])("reads KV_STORE=%s", (value, extra, store) => {
+    expect(parseConfig({ KV_STORE: value, ...extra }, []).store).toEqual(store);
+  });
+
   it("lets a --flag win over its variable", () => {
     const config = parseConfig({ KV_PORT: "1", KV_LOG_LEVEL: "warn" }, ["--port", "2", "--log-level=error", "--max-key-bytes", "10"]);
     expect(config).toMatchObject({ port: 2, logLevel: "error", maxKeyBytes: 10 });
@@ -58,7 +68,12 @@ describe("parseConfig", () => {
     [{ KV_MAX_KEY_BYTES: "0" }, "KV_MAX_KEY_BYTES must be an integer from 1 to 4096"],
     [{ KV_MAX_VALUE_BYTES: "1e6" }, "KV_MAX_VALUE_BYTES must be an integer"],
     [{ KV_LOG_LEVEL: "loud" }, "KV_LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent"],
-    [{ KV_STORE: "redis:x" }, 'KV_STORE must be "memory"'],
+    [{ KV_STORE: "redis:x" }, 'KV_STORE must be "memory", "lmdb:<dir>" or "etcd:<url>[,<url>…]", got "redis:x"'],
+    [{ KV_STORE: "memory:x" }, 'KV_STORE must be "memory"'],
+    [{ KV_STORE: "lmdb:" }, "KV_STORE: lmdb: needs a directory"],
+    [{ KV_STORE: "etcd:" }, 'KV_STORE: etcd endpoints must be http(s)://host:port, got ""'],
+    [{ KV_STORE: "etcd:http://a:2379,127.0.0.1:2379" }, 'got "127.0.0.1:2379"'],
+    [{ KV_STORE: "memory", KV_ETCD_PREFIX: "p/" }, "KV_ETCD_PREFIX applies only to an etcd store"],
     [{ KV_HOST: "" }, "KV_HOST must not be empty"],
     [{ KV_AUTH_TOKEN: "" }, "KV_AUTH_TOKEN must not be empty"],
     [{ KV_TLS_CERT: "/x.pem" }, "KV_TLS_CERT: HTTPS is not built yet"],

@@ -1,7 +1,10 @@
 import { parseArgs } from "node:util";
 
-/** Where the server keeps its data. Only the memory store exists so far (issue 6 adds LMDB and etcd). */
-export type StoreConfig = { readonly kind: "memory" };
+/** Where the server keeps its data (`KV_STORE`). */
+export type StoreConfig =
+  | { readonly kind: "memory" }
+  | { readonly kind: "lmdb"; readonly path: string }
+  | { readonly kind: "etcd"; readonly endpoints: readonly string[]; readonly prefix: string };
 
 export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
 
@@ -30,6 +33,10 @@ export class ConfigError extends Error {
 const KEY_BYTES_CEILING = 4096;
 // The body limit is six times the value limit (JSON's \u escapes); keep that well inside memory.
 const VALUE_BYTES_CEILING = 64 * 1024 * 1024;
+// Contract §5: a durable store in the working directory unless told otherwise.
+const DEFAULT_STORE = "lmdb:kv-data";
+// kv's keys live under this prefix in etcd, so a cluster can hold other data, or several kvs.
+const DEFAULT_ETCD_PREFIX = "kv/";
 const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 
 /** Each setting: its environment variable and the `--flag` of the same name. */
@@ -37,6 +44,7 @@ const SETTINGS = {
   host: "KV_HOST",
   port: "KV_PORT",
   store: "KV_STORE",
+  "etcd-prefix": "KV_ETCD_PREFIX",
   "auth-token": "KV_AUTH_TOKEN",
   "tls-cert": "KV_TLS_CERT",
   "tls-key": "KV_TLS_KEY",
@@ -81,10 +89,7 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
   const maxKeyBytes = integer("max-key-bytes", 4096, 1, KEY_BYTES_CEILING);
   const maxValueBytes = integer("max-value-bytes", 1024 * 1024, 0, VALUE_BYTES_CEILING);
 
-  const store = raw("store");
-  if (store !== undefined && store.value !== "memory") {
-    problems.push(`${store.name} must be "memory" (the LMDB and etcd stores are not built yet), got ${JSON.stringify(store.value)}`);
-  }
+  const store = parseStore(raw("store") ?? { name: SETTINGS.store, value: DEFAULT_STORE }, raw("etcd-prefix"), problems);
 
   const authToken = raw("auth-token")?.value;
   if (authToken === "") problems.push(`${SETTINGS["auth-token"]} must not be empty when set`);
@@ -103,5 +108,34 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
   }
 
   if (problems.length > 0) throw new ConfigError(problems);
-  return Object.freeze({ host, port, store: { kind: "memory" as const }, authToken, maxKeyBytes, maxValueBytes, logLevel });
+  return Object.freeze({ host, port, store, authToken, maxKeyBytes, maxValueBytes, logLevel });
+}
+
+type Setting = { name: string; value: string };
+
+/** `memory`, `lmdb:<dir>` or `etcd:<url>[,<url>…]`, with `KV_ETCD_PREFIX` for etcd only. */
+function parseStore(store: Setting, etcdPrefix: Setting | undefined, problems: string[]): StoreConfig {
+  const [kind, ...rest] = store.value.split(":");
+  const where = rest.join(":");
+  const expected = `${store.name} must be "memory", "lmdb:<dir>" or "etcd:<url>[,<url>…]", got ${JSON.stringify(store.value)}`;
+  if (etcdPrefix !== undefined && kind !== "etcd") problems.push(`${etcdPrefix.name} applies only to an etcd store (${store.name}=etcd:…)`);
+  switch (kind) {
+    case "memory":
+      if (rest.length > 0) problems.push(expected);
+      return Object.freeze({ kind });
+    case "lmdb":
+      if (where === "") problems.push(`${store.name}: lmdb: needs a directory, e.g. lmdb:kv-data`);
+      return Object.freeze({ kind, path: where });
+    case "etcd": {
+      const endpoints = where.split(",");
+      for (const url of endpoints) {
+        if (!/^https?:\/\/[^/\s]+$/.test(url)) problems.push(`${store.name}: etcd endpoints must be http(s)://host:port, got ${JSON.stringify(url)}`);
+      }
+      const prefix = etcdPrefix?.value ?? DEFAULT_ETCD_PREFIX;
+      return Object.freeze({ kind, endpoints: Object.freeze(endpoints), prefix });
+    }
+    default:
+      problems.push(expected);
+      return Object.freeze({ kind: "memory" });
+  }
 }

@@ -1,8 +1,12 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { afterEach, describe, expect, it } from "vitest";
+import { request } from "undici";
+import { afterEach, describe, expect, it, onTestFinished } from "vitest";
 
 // The built server, as `pnpm start` runs it (turbo builds before testing).
 const main = fileURLToPath(new URL("../dist/main.js", import.meta.url));
@@ -11,10 +15,12 @@ afterEach(() => {
   for (const child of children.splice(0)) if (child.exitCode === null) child.kill("SIGKILL");
 });
 
-function startServer(env: Record<string, string>, args: string[] = []) {
+/** The built server on a free port; on the memory store unless `env` names one, in `cwd` if given. */
+function startServer(env: Record<string, string>, args: string[] = [], cwd?: string) {
   const child = spawn(process.execPath, [main, ...args], {
-    env: { PATH: process.env.PATH, KV_PORT: "0", ...env },
+    env: { PATH: process.env.PATH, KV_PORT: "0", ...(cwd === undefined && { KV_STORE: "memory" }), ...env },
     stdio: ["ignore", "pipe", "pipe"],
+    cwd,
   });
   children.push(child);
   let stdout = "";
@@ -141,6 +147,45 @@ describe("the built server (dist/main.js)", () => {
     const lines = server.output().stderr.trim().split("\n");
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(message);
+  });
+
+  it("keeps its data on the default store, lmdb:kv-data in the working directory, across a restart", async () => {
+    const cwd = mkdtempSync(join(tmpdir(), "kv-default-store-"));
+    onTestFinished(() => rmSync(cwd, { recursive: true, force: true }));
+    const first = startServer({}, [], cwd);
+    const url = await first.listening;
+    const put = await request(new URL("/v1/kv/kept", url), { method: "PUT", headers: { "content-type": "application/json" }, body: '{"value":"v","version":0}' });
+    expect(await put.body.json()).toEqual({ err: "OK", version: 1 });
+    first.child.kill("SIGTERM");
+    expect(await first.exited).toBe(0);
+    expect(existsSync(join(cwd, "kv-data", "data.mdb"))).toBe(true);
+
+    const second = startServer({}, [], cwd);
+    const again = await request(new URL("/v1/kv/kept", await second.listening));
+    expect(await again.body.json()).toEqual({ err: "OK", value: "v", version: 1 });
+    second.child.kill("SIGTERM");
+    expect(await second.exited).toBe(0);
+  });
+
+  it("exits non-zero with one clear line when its LMDB directory is another server's", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kv-held-store-"));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+    const first = startServer({ KV_STORE: `lmdb:${dir}` });
+    await first.listening;
+    const second = startServer({ KV_STORE: `lmdb:${dir}` });
+    expect(await second.exited).toBe(1);
+    expect(second.output().stderr.trim().split("\n")).toEqual([`kv-server: cannot open the store: ${dir} is in use by another kv server process`]);
+  });
+
+  it("exits non-zero with one clear line when the store's path is not an LMDB environment", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kv-not-lmdb-"));
+    onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(join(dir, "notes.txt"), "mine");
+    const server = startServer({ KV_STORE: `lmdb:${dir}` });
+    expect(await server.exited).toBe(1);
+    const lines = server.output().stderr.trim().split("\n");
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^kv-server: cannot open the store: .* is not an LMDB environment/);
   });
 
   it("exits non-zero with a clear line when the port is taken", async () => {

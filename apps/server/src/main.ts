@@ -1,3 +1,4 @@
+import { hasCode } from "@kv/rpc";
 import closeWithGrace from "close-with-grace";
 import { buildApp } from "./app";
 import { ConfigError, parseConfig } from "./config";
@@ -12,7 +13,15 @@ try {
   process.exit(2);
 }
 
-const app = await buildApp(config, await openStore(config.store));
+let store;
+try {
+  store = await openStore(config.store);
+} catch (err) {
+  if (!hasCode(err, "ERR_KV_STORE_OPEN")) throw err;
+  process.stderr.write(`kv-server: cannot open the store: ${(err as Error).message}\n`);
+  process.exit(1);
+}
+const app = await buildApp(config, store);
 
 closeWithGrace(
   { delay: 10_000, logger: { error: (msg: unknown) => app.log.error(msg) } },

@@ -1,10 +1,16 @@
 import { MemoryStore, type Store } from "@kv/server";
+import { openEtcdStore } from "@kv/store-etcd";
+import { openLmdbStore } from "@kv/store-lmdb";
 import type { StoreConfig } from "./config";
 
-/** Opens the store the configuration names. */
+/** Opens the store the configuration names; rejects `StoreOpenError` (`ERR_KV_STORE_OPEN`) when it cannot. */
 export async function openStore(config: StoreConfig): Promise<Store> {
   switch (config.kind) {
     case "memory":
       return new MemoryStore();
+    case "lmdb":
+      return openLmdbStore({ path: config.path });
+    case "etcd":
+      return openEtcdStore({ endpoints: config.endpoints, prefix: config.prefix });
   }
 }

@@ -1,3 +1,3 @@
 export { KVServer, type ServerPutResult } from "./kv-server";
 export { MemoryStore } from "./memory-store";
-export type { Store, StoredEntry, PutIfVersionResult } from "./store";
+export { type Store, type StoredEntry, type PutIfVersionResult, StoreUnavailableError, StoreOutcomeUnknownError, StoreOpenError } from "./store";

@@ -1,3 +1,5 @@
+import { KvError } from "@kv/rpc";
+
 /** What a store keeps per key: the value, its version, and the id of the put that wrote it. */
 export interface StoredEntry {
   readonly value: string;
@@ -31,6 +33,38 @@ export interface Store {
     expectedVersion: number,
     putId: string | undefined,
   ): Promise<PutIfVersionResult>;
+  /**
+   * Whether the store can serve now (the app's `/readyz`); a store that is always ready when
+   * open may leave it out. Never rejects.
+   */
+  isReady?(): Promise<boolean>;
   /** Lets calls in flight finish, then releases the store; idempotent. */
   close(): Promise<void>;
+}
+
+/**
+ * The store could not serve a call and did not apply it (its backend is unreachable, has no
+ * quorum): the caller may retry without ambiguity. The app answers 503 `ErrUnavailable`.
+ */
+export class StoreUnavailableError extends KvError {
+  constructor(message: string, options?: ErrorOptions) {
+    super("ERR_KV_UNAVAILABLE", message, options);
+  }
+}
+
+/**
+ * A put was sent to the store's backend, but whether it was applied is unknown (a timeout, a
+ * lost connection). The app answers 504 `ErrMaybe`, which a clerk counts as a try with no reply.
+ */
+export class StoreOutcomeUnknownError extends KvError {
+  constructor(message: string, options?: ErrorOptions) {
+    super("ERR_KV_OUTCOME_UNKNOWN", message, options);
+  }
+}
+
+/** A store could not be opened (bad path or URL, not its format, held elsewhere); the message says why in one line. */
+export class StoreOpenError extends KvError {
+  constructor(message: string, options?: ErrorOptions) {
+    super("ERR_KV_STORE_OPEN", message, options);
+  }
 }

@@ -5,3 +5,5 @@ export { assertLinearizable, recordHistory, type RecordHistoryOptions } from "./
 export { SimNetwork, type SimClock, type SimFaults, type SimNetworkOptions, type SimServer, type SimStats } from "./sim-network";
 export { createFaultProxy, type FaultProxy, type FaultProxyOptions, type FaultProxyStats, type FaultRates, type ProxyFaults } from "./fault-proxy";
 export { findServerEntry, startServerProcess, type ServerProcess, type ServerProcessOptions } from "./server-process";
+export { describeStoreConformance, type StoreConformanceOptions } from "./store-conformance";
+export { type EtcdCluster, type EtcdClusterOptions, type EtcdMember, startEtcdCluster } from "./etcd-cluster";

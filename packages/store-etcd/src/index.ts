@@ -1,0 +1,1 @@
+export { EtcdStore, type EtcdStoreOptions, openEtcdStore } from "./etcd-store";

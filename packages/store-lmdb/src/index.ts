@@ -1,0 +1,1 @@
+export { LmdbStore, type LmdbStoreOptions, openLmdbStore } from "./lmdb-store";

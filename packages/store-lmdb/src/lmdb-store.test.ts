@@ -1,0 +1,74 @@
+import { spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Store } from "@kv/server";
+import { describeStoreConformance } from "@kv/testkit";
+import { afterAll, describe, expect, it } from "vitest";
+import { LmdbStore, openLmdbStore } from "./lmdb-store";
+
+const root = mkdtempSync(join(tmpdir(), "kv-lmdb-test-"));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+let dirs = 0;
+/** A fresh directory under the test's root; its name has a dot, which lmdb-js must not take for a file. */
+const freshDir = () => join(root, `store.${dirs++}`);
+
+const paths = new WeakMap<Store, string>();
+describeStoreConformance(
+  "LmdbStore",
+  async () => {
+    const path = freshDir();
+    const store = await openLmdbStore({ path });
+    paths.set(store, path);
+    return store;
+  },
+  { reopen: (closed) => openLmdbStore({ path: paths.get(closed) as string }) },
+);
+
+describe("openLmdbStore", () => {
+  it("creates the directory, dots in its name and all", async () => {
+    const path = join(freshDir(), "nested.dir");
+    const store = await openLmdbStore({ path });
+    expect(await store.putIfVersion("k", "v", 0, undefined)).toEqual({ ok: true, version: 1 });
+    await store.close();
+  });
+
+  it("refuses a file, a directory of other files, and a data.mdb that is not LMDB", async () => {
+    const file = join(root, "a-file");
+    writeFileSync(file, "not a directory");
+    await expect(openLmdbStore({ path: file })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining("not a directory") });
+
+    const home = freshDir();
+    mkdirSync(home);
+    writeFileSync(join(home, "notes.txt"), "mine");
+    await expect(openLmdbStore({ path: home })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining("no data.mdb") });
+
+    const garbage = freshDir();
+    mkdirSync(garbage);
+    writeFileSync(join(garbage, "data.mdb"), Buffer.alloc(64 * 1024, 7));
+    await expect(openLmdbStore({ path: garbage })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining("not a usable LMDB environment") });
+  });
+
+  it("refuses a directory another process holds, and takes it once that process is killed", async () => {
+    const path = freshDir();
+    const url = new URL("../dist/index.js", import.meta.url).href;
+    const holder = spawn(process.execPath, ["--input-type=module", "-e", `import { openLmdbStore } from ${JSON.stringify(url)}; await openLmdbStore({ path: ${JSON.stringify(path)} }); console.log("open"); setInterval(() => {}, 1000);`], { stdio: ["ignore", "pipe", "inherit"] });
+    await new Promise<void>((resolve) => holder.stdout.once("data", () => resolve()));
+    await expect(openLmdbStore({ path })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining("in use by another kv server process") });
+    holder.kill("SIGKILL");
+    await new Promise((resolve) => holder.once("exit", resolve));
+    const store = await openLmdbStore({ path });
+    expect(await store.get("k")).toBeUndefined();
+    await store.close();
+  });
+
+  it("refuses a second open of a directory in the same process until the first is closed", async () => {
+    const path = freshDir();
+    const first = await openLmdbStore({ path });
+    await expect(openLmdbStore({ path })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN" });
+    await first.close();
+    const second = await openLmdbStore({ path });
+    expect(second).toBeInstanceOf(LmdbStore);
+    await second.close();
+  });
+});

@@ -1,0 +1,188 @@
+import type { GetResult, PutResult } from "@kv/rpc";
+import { KVServer, type Store, type StoredEntry } from "@kv/server";
+import fc from "fast-check";
+import { afterEach, describe, expect, it } from "vitest";
+import { recordHistory, assertLinearizable } from "./record-history";
+import { testSeed } from "./random";
+
+/** `describeStoreConformance`'s options. */
+export interface StoreConformanceOptions {
+  /** For a durable store: opens `closed` again, over the same data. Adds the close-and-reopen tests. */
+  reopen?: (closed: Store) => Promise<Store>;
+  /** The largest value the suite writes, in UTF-8 bytes (default 1 MiB, the server's default limit). */
+  maxValueBytes?: number;
+}
+
+/** The odd keys every store must keep apart and give back as they were. */
+const ODD_KEYS = [
+  "a/b",
+  "%",
+  "%2F",
+  " ",
+  "..",
+  ".",
+  "ключ",
+  "🔑",
+  "__proto__",
+  "constructor",
+  "\u0000nul",
+  "tab\tnew\nline",
+  "x".repeat(4096),
+  `${"y".repeat(2000)}1`, // two long keys that share their first 2 000 bytes
+  `${"y".repeat(2000)}2`,
+];
+
+/**
+ * A vitest suite every `Store` must pass: each row of contract §2 through `KVServer` and on the
+ * primitive itself, put ids kept with the value, exactly one winner among concurrent
+ * conditional puts, many keys, values at the limit, odd keys, closing, and — given `reopen` —
+ * everything still there after a close and reopen. `makeStore` is called once per test and
+ * must return an empty store; the suite closes what it opens.
+ */
+export function describeStoreConformance(name: string, makeStore: () => Promise<Store>, options: StoreConformanceOptions = {}): void {
+  const maxValueBytes = options.maxValueBytes ?? 1024 * 1024;
+  const opened: Store[] = [];
+  const fresh = async () => {
+    const store = await makeStore();
+    opened.push(store);
+    return store;
+  };
+  afterEach(async () => {
+    await Promise.all(opened.splice(0).map((s) => s.close()));
+  });
+
+  describe(`${name} conforms to contract §2`, () => {
+    it("answers every row of the contract's table through KVServer", async () => {
+      const kv = new KVServer(await fresh());
+      expect(await kv.get("k")).toEqual({ err: "ErrNoKey" });
+      expect(await kv.put("k", "v1", 3)).toEqual({ err: "ErrNoKey" });
+      expect(await kv.get("k")).toEqual({ err: "ErrNoKey" });
+      expect(await kv.put("k", "v1", 0)).toEqual({ err: "OK", version: 1 });
+      expect(await kv.get("k")).toEqual({ err: "OK", value: "v1", version: 1 });
+      expect(await kv.put("k", "v2", 1)).toEqual({ err: "OK", version: 2 });
+      expect(await kv.put("k", "v3", 1)).toEqual({ err: "ErrVersion" });
+      expect(await kv.put("k", "v3", 0)).toEqual({ err: "ErrVersion" });
+      expect(await kv.put("k", "v3", 7)).toEqual({ err: "ErrVersion" });
+      expect(await kv.get("k")).toEqual({ err: "OK", value: "v2", version: 2 });
+    });
+
+    it("recognises a retried put by its id only while it made the current version", async () => {
+      const kv = new KVServer(await fresh());
+      expect(await kv.put("k", "mine", 0, "put-1")).toEqual({ err: "OK", version: 1 });
+      expect(await kv.put("k", "mine", 0, "put-1")).toEqual({ err: "OK", version: 1 }); // the retry
+      expect(await kv.get("k")).toEqual({ err: "OK", value: "mine", version: 1 });
+      expect(await kv.put("k", "other", 0, "put-2")).toEqual({ err: "ErrVersion" });
+      expect(await kv.put("k", "theirs", 1, "put-3")).toEqual({ err: "OK", version: 2 });
+      expect(await kv.put("k", "mine", 0, "put-1")).toEqual({ err: "ErrVersion" }); // another write came in between
+    });
+
+    it("keeps the put id with the value in the same write, and drops it when a put has none", async () => {
+      const store = await fresh();
+      expect(await store.putIfVersion("k", "v", 0, "id-1")).toEqual({ ok: true, version: 1 });
+      expect(await store.get("k")).toEqual({ value: "v", version: 1, putId: "id-1" });
+      expect(await store.putIfVersion("k", "w", 0, "id-2")).toEqual({ ok: false, current: { value: "v", version: 1, putId: "id-1" } });
+      expect(await store.putIfVersion("k", "w", 1, undefined)).toEqual({ ok: true, version: 2 });
+      expect(await store.get("k")).toEqual({ value: "w", version: 2 });
+      expect(await store.putIfVersion("absent", "w", 4, undefined)).toEqual({ ok: false, current: undefined });
+    });
+
+    it("agrees with a Map model on every sequence of puts", async () => {
+      const store = await fresh();
+      let round = 0;
+      const op = fc.record({ key: fc.constantFrom("a", "b"), value: fc.string(), version: fc.nat(3), id: fc.option(fc.constantFrom("i1", "i2")) });
+      await fc.assert(
+        fc.asyncProperty(fc.array(op, { maxLength: 12 }), async (ops) => {
+          const prefix = `run${round++}:`; // one store for every run: each run has keys of its own
+          const model = new Map<string, StoredEntry>();
+          for (const o of ops) {
+            const key = prefix + o.key;
+            const id = o.id ?? undefined;
+            const now = model.get(key);
+            const expected = (now?.version ?? 0) === o.version ? { ok: true, version: o.version + 1 } : { ok: false, current: now };
+            if (expected.ok) model.set(key, id === undefined ? { value: o.value, version: o.version + 1 } : { value: o.value, version: o.version + 1, putId: id });
+            expect(await store.putIfVersion(key, o.value, o.version, id)).toEqual(expected);
+          }
+          for (const [key, entry] of model) expect(await store.get(key)).toEqual(entry);
+        }),
+        { numRuns: 40 },
+      );
+    });
+
+    it("lets exactly one of many concurrent conditional puts win each version", async () => {
+      const store = await fresh();
+      for (let version = 0; version < 5; version++) {
+        const results = await Promise.all(Array.from({ length: 40 }, (_, i) => store.putIfVersion("hot", `v${version}.${i}`, version, `id${version}.${i}`)));
+        const winners = results.filter((r) => r.ok);
+        expect(winners).toEqual([{ ok: true, version: version + 1 }]);
+        const winner = results.findIndex((r) => r.ok);
+        for (const r of results) if (!r.ok) expect(r.current?.version).toBe(version + 1);
+        expect(await store.get("hot")).toEqual({ value: `v${version}.${winner}`, version: version + 1, putId: `id${version}.${winner}` });
+      }
+    });
+
+    it("stays linearizable under concurrent gets and puts on a few keys", async () => {
+      const seed = testSeed();
+      const kv = new KVServer(await fresh());
+      const history = await recordHistory({
+        clients: 8,
+        opsPerClient: 40,
+        keys: ["x", "y", "z"],
+        seed,
+        now: () => performance.now(),
+        execute: (_c, op): Promise<GetResult | PutResult> => (op.kind === "get" ? kv.get(op.key) : kv.put(op.key, op.value, op.version)),
+      });
+      assertLinearizable(history, { seed });
+    });
+
+    it("keeps many keys apart", async () => {
+      const store = await fresh();
+      const keys = Array.from({ length: 1_000 }, (_, i) => `many/${i}`);
+      const results = await Promise.all(keys.map((k) => store.putIfVersion(k, `value of ${k}`, 0, undefined)));
+      expect(results.every((r) => r.ok)).toBe(true);
+      for (const k of keys) expect(await store.get(k)).toEqual({ value: `value of ${k}`, version: 1 });
+    });
+
+    it("gives back a value at the size limit byte for byte", async () => {
+      const store = await fresh();
+      const unit = "aé€😀"; // 1 + 2 + 3 + 4 UTF-8 bytes
+      const value = unit.repeat(Math.floor(maxValueBytes / 10)) + "a".repeat(maxValueBytes % 10);
+      expect(Buffer.byteLength(value)).toBe(maxValueBytes);
+      expect(await store.putIfVersion("large", value, 0, undefined)).toEqual({ ok: true, version: 1 });
+      expect((await store.get("large"))?.value === value).toBe(true);
+      expect(await store.putIfVersion("empty", "", 0, undefined)).toEqual({ ok: true, version: 1 });
+      expect(await store.get("empty")).toEqual({ value: "", version: 1 });
+    });
+
+    it("keeps odd keys apart and gives them back as they were", async () => {
+      const store = await fresh();
+      for (const [i, key] of ODD_KEYS.entries()) expect(await store.putIfVersion(key, `v${i}`, 0, undefined)).toEqual({ ok: true, version: 1 });
+      for (const [i, key] of ODD_KEYS.entries()) expect(await store.get(key)).toEqual({ value: `v${i}`, version: 1 });
+      expect(await store.get("constructor ")).toBeUndefined();
+      expect(await store.get("y".repeat(2000))).toBeUndefined();
+    });
+
+    it("rejects calls after close with ERR_KV_CLOSED, and may be closed twice", async () => {
+      const store = await fresh();
+      await store.putIfVersion("k", "v", 0, undefined);
+      await store.close();
+      await store.close();
+      await expect(store.get("k")).rejects.toMatchObject({ code: "ERR_KV_CLOSED" });
+      await expect(store.putIfVersion("k", "v", 1, undefined)).rejects.toMatchObject({ code: "ERR_KV_CLOSED" });
+    });
+
+    const { reopen } = options;
+    if (reopen !== undefined) {
+      it("keeps every acknowledged put across a close and reopen", async () => {
+        const store = await fresh();
+        const keys = [...ODD_KEYS, ...Array.from({ length: 200 }, (_, i) => `durable/${i}`)];
+        await Promise.all(keys.map((k) => store.putIfVersion(k, `first ${k}`, 0, "p1")));
+        await Promise.all(keys.map((k) => store.putIfVersion(k, `second ${k}`, 1, "p2")));
+        await store.close();
+        const again = await reopen(store);
+        opened.push(again);
+        for (const k of keys) expect(await again.get(k)).toEqual({ value: `second ${k}`, version: 2, putId: "p2" });
+        expect(await again.putIfVersion(keys[0] as string, "third", 2, undefined)).toEqual({ ok: true, version: 3 });
+      });
+    }
+  });
+}
