@@ -76,6 +76,8 @@ export async function buildApp(config: Config, store: Store): Promise<FastifyIns
     }
     if (hasCode(err, "ERR_INVALID_ARG_VALUE")) return refuse(reply, "ErrBadRequest", err.message);
     if (hasCode(err, "ERR_KV_CLOSED")) return refuse(reply, "ErrUnavailable", "the server is shutting down");
+    // The store's backend refused the value as too large (etcd's request limit).
+    if (hasCode(err, "ERR_KV_TOO_LARGE")) return refuse(reply, "ErrTooLarge", err.message);
     // The store did not apply it (its backend is unreachable): a retry is safe.
     if (hasCode(err, "ERR_KV_UNAVAILABLE")) {
       request.log.warn({ err }, "store unavailable");

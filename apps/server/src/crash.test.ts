@@ -58,6 +58,20 @@ describe("the built server on LMDB, killed with SIGKILL at random moments", () =
       };
 
       const history: Event[] = [];
+      const reader = clerks[0] as Clerk;
+      /** Reads every key from the server now up, into the history: each acknowledged put so far is there, at least. */
+      const readBack = async (when: string) => {
+        for (const key of KEYS) {
+          const acked = history.filter((e) => e.op.key === key && e.op.kind === "put" && e.output?.err === "OK");
+          const newest = acked.reduce((n, e) => Math.max(n, (e.output as { version: number }).version), 0);
+          const call = performance.now();
+          const now = await reader.get(key);
+          history.push({ client: WRITERS, op: { kind: "get", key }, call, return: performance.now(), output: now });
+          if (newest === 0) continue;
+          expect(now.err, `seed ${seed}, ${when}: ${key}`).toBe("OK");
+          expect((now as { version: number }).version, `seed ${seed}, ${when}: ${key}`).toBeGreaterThanOrEqual(newest);
+        }
+      };
       for (; cycle < CYCLES; cycle++) {
         started = 0;
         killAt = Math.floor(random() * WRITERS * OPS_PER_WRITER_PER_CYCLE * 0.8);
@@ -72,21 +86,9 @@ describe("the built server on LMDB, killed with SIGKILL at random moments", () =
         });
         await crash;
         history.push(...events.map((e) => (e.op.kind === "put" ? { ...e, op: { ...e.op, value: `${cycle}:${e.op.value}` } } : e)));
+        await readBack(`after crash ${cycle + 1}`); // the server that answers is the one started after the crash
       }
       expect(crashes).toBe(CYCLES);
-
-      // Read every key back from the last server: each acknowledged put is there, at least.
-      const reader = clerks[0] as Clerk;
-      for (const key of KEYS) {
-        const acked = history.filter((e) => e.op.key === key && e.op.kind === "put" && e.output?.err === "OK");
-        const newest = acked.reduce((n, e) => Math.max(n, (e.output as { version: number }).version), 0);
-        const call = performance.now();
-        const now = await reader.get(key);
-        history.push({ client: WRITERS, op: { kind: "get", key }, call, return: performance.now(), output: now });
-        if (newest === 0) continue;
-        expect(now.err, `seed ${seed}: ${key}`).toBe("OK");
-        expect((now as { version: number }).version, `seed ${seed}: ${key}`).toBeGreaterThanOrEqual(newest);
-      }
       assertLinearizable(history, { seed });
     },
     240_000,

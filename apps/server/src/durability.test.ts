@@ -42,6 +42,42 @@ function stepsOf(trace: string): Step[] {
   return steps;
 }
 
+/**
+ * LMDB's durable commit, as the trace shows it: the data pages are synced (`fdatasync`), then the
+ * 128-byte meta page that makes the commit current is written through the descriptor opened
+ * `O_DSYNC`, by the same thread. Returns every meta-page write that breaks this: one through a
+ * plain descriptor (lmdb-js's overlapping sync writes it so, and syncs afterwards), or one not
+ * right after its thread's sync. `commits` counts the meta-page writes seen.
+ */
+function commitsOf(trace: string): { commits: number; broken: string[] } {
+  const dsync = new Set<number>();
+  const plain = new Set<number>();
+  const lastCall = new Map<string, string>(); // thread → its previous traced call
+  const opening = new Map<string, boolean>(); // thread → the O_DSYNC flag of its unfinished openat of data.mdb
+  let commits = 0;
+  const broken: string[] = [];
+  const opened = (fd: number, isDsync: boolean) => (isDsync ? dsync : plain).add(fd);
+  for (const line of trace.split("\n")) {
+    const call = /^(\d+) +(?:<\.\.\. )?(\w+)/.exec(line);
+    if (!call) continue;
+    const [, thread, name] = call as unknown as [string, string, string];
+    const open = /openat\(.*data\.mdb", ([A-Z_|]+)[^)]*\)\s+= (\d+)$/.exec(line);
+    if (open) opened(Number(open[2]), (open[1] as string).includes("O_DSYNC"));
+    const unfinishedOpen = /openat\(.*data\.mdb", ([A-Z_|]+).*<unfinished/.exec(line);
+    if (unfinishedOpen) opening.set(thread, (unfinishedOpen[1] as string).includes("O_DSYNC"));
+    const resumedOpen = /<\.\.\. openat resumed>.*= (\d+)$/.exec(line);
+    if (resumedOpen && opening.has(thread)) opened(Number(resumedOpen[1]), opening.get(thread) as boolean);
+    const meta = /pwrite64\((\d+), .*, 128, \d+\)/.exec(line);
+    if (meta && (dsync.has(Number(meta[1])) || plain.has(Number(meta[1])))) {
+      commits++;
+      if (!dsync.has(Number(meta[1]))) broken.push(`meta page through a plain descriptor: ${line.slice(0, 80)}`);
+      else if (lastCall.get(thread) !== "fdatasync") broken.push(`meta page not right after a sync: ${line.slice(0, 80)}`);
+    }
+    if (!line.includes("<unfinished")) lastCall.set(thread, name === "<" ? "" : name);
+  }
+  return { commits, broken };
+}
+
 /** For each reply, whether a sync completed between its request's read and its own start. */
 function repliesAfterSync(steps: readonly Step[]): boolean[] {
   const readAt = new Map<number, number>(); // connection → where its pending request was read
@@ -67,7 +103,7 @@ describe("the built server on LMDB, traced with strace", () => {
     const traceFile = join(dir, "trace.txt");
     const child = spawn(
       "strace",
-      ["-f", "-s", "512", "-e", "trace=fdatasync,fsync,read,write,writev", "-e", "signal=none", "-o", traceFile, process.execPath, main],
+      ["-f", "-s", "512", "-e", "trace=openat,fdatasync,fsync,pwrite64,read,write,writev", "-e", "signal=none", "-o", traceFile, process.execPath, main],
       { env: { PATH: process.env.PATH, KV_STORE: `lmdb:${join(dir, "data")}`, KV_PORT: "0" }, stdio: ["ignore", "pipe", "pipe"] },
     );
     onTestFinished(() => void child.kill("SIGKILL")); // strace; the server is stopped below
@@ -98,7 +134,12 @@ describe("the built server on LMDB, traced with strace", () => {
     process.kill(pid, "SIGTERM"); // the server itself (strace would detach on a signal of its own)
     await exited; // strace exits with its tracee
 
-    const steps = stepsOf(readFileSync(traceFile, "utf8"));
+    const trace = readFileSync(traceFile, "utf8");
+    // Every commit is LMDB's durable one: synced data, then the meta page through O_DSYNC.
+    const { commits, broken } = commitsOf(trace);
+    expect(commits).toBeGreaterThanOrEqual(SEQUENTIAL_PUTS);
+    expect(broken).toEqual([]);
+    const steps = stepsOf(trace);
     const verdicts = repliesAfterSync(steps);
     expect(verdicts).toHaveLength(SEQUENTIAL_PUTS + CONCURRENT_PUTS);
     // Every put, one at a time or 64 at once: a sync completed after its request was read and

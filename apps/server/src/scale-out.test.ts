@@ -232,13 +232,15 @@ describe("three kv servers on a three-member etcd cluster", () => {
   );
 
   it(
-    "keep 10 lock contenders mutually exclusive across servers while one server is killed, with strictly increasing tokens",
+    "keep 10 lock contenders mutually exclusive across servers while a kv server is killed and the etcd leader is killed and restarted, with strictly increasing tokens",
     async () => {
       const seed = testSeed();
       const servers = await startServers();
       const clerks = clerksFor(servers, CONTENDERS);
       const victim = servers[seed % servers.length] as ServerProcess;
       const serverKilled = new Milestone();
+      const etcdRestarted = new Milestone();
+      let killedMember: EtcdMember | undefined;
       const lockKey = "lock";
       const counterKey = "counter";
       let inside = -1;
@@ -251,15 +253,23 @@ describe("three kv servers on a three-member etcd cluster", () => {
         try {
           await until("critical sections before the kv server kill", () => sectionsDone, CONTENDERS);
           await victim.kill();
+          serverKilled.mark();
+          killedMember = await leaderOf(etcd);
+          await killedMember.kill();
+          await sleep(MEMBER_DOWN_MS);
+          await killedMember.start();
         } finally {
           serverKilled.mark();
+          etcdRestarted.mark();
         }
       };
       const contender = async (clerk: Clerk, c: number) => {
         const lock = createLock(clerk, lockKey);
         for (let i = 0; i < SECTIONS_PER_CONTENDER; i++) {
-          // Every contender's last section comes after the kill: failover under the lock is tested.
-          if (i === SECTIONS_PER_CONTENDER - 1) await serverKilled.reached;
+          // Every contender's middle section comes after the kv server's kill, its last after the
+          // etcd leader's restart: failover and an election under the lock are both tested.
+          if (i === 1) await serverKilled.reached;
+          if (i === SECTIONS_PER_CONTENDER - 1) await etcdRestarted.reached;
           const hold = await lock.acquire({ signal: AbortSignal.timeout(OP_DEADLINE_MS * 2) });
           if (inside !== -1) problems.push(`contender ${c} entered while ${inside} was inside`);
           inside = c;
@@ -280,6 +290,7 @@ describe("three kv servers on a three-member etcd cluster", () => {
 
       expect(await victim.exited, `seed ${seed}: the killed kv server exited by a signal`).toBeNull();
       expect(sectionsAfterKill, `seed ${seed}: sections after the kill`).toBeGreaterThan(0);
+      expect(killedMember?.isRunning, `seed ${seed}: the killed etcd member runs again`).toBe(true);
       expect(problems, `seed ${seed}`).toEqual([]);
       const total = CONTENDERS * SECTIONS_PER_CONTENDER;
       expect(await (clerks[0] as Clerk).get(counterKey, { signal: AbortSignal.timeout(OP_DEADLINE_MS) }), `seed ${seed}`).toMatchObject({
@@ -291,6 +302,31 @@ describe("three kv servers on a three-member etcd cluster", () => {
         tokens.every((t, i) => i === 0 || t > (tokens[i - 1] as number)),
         `seed ${seed}: tokens ${tokens.join()}`,
       ).toBe(true);
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  it(
+    "answer /readyz 503 while etcd has no quorum, refusing puts as not applied or unconfirmed, and 200 once it is back",
+    async () => {
+      const [server] = await startServers();
+      const readyz = async () => (await fetch(`${(server as ServerProcess).url}/readyz`, { signal: AbortSignal.timeout(5_000) })).status;
+      expect(await readyz()).toBe(200);
+      const [, second, third] = etcd.members as [EtcdMember, EtcdMember, EtcdMember];
+      await Promise.all([second.kill(), third.kill()]);
+      try {
+        await expect.poll(readyz, { timeout: 10_000 }).toBe(503);
+        const put = await fetch(`${(server as ServerProcess).url}/v1/kv/no-quorum`, {
+          method: "PUT",
+          headers: { "content-type": "application/json" },
+          body: '{"value":"v","version":0}',
+          signal: AbortSignal.timeout(15_000),
+        });
+        expect([503, 504]).toContain(put.status);
+      } finally {
+        await Promise.all([second.start(), third.start()]);
+      }
+      await expect.poll(readyz, { timeout: 15_000 }).toBe(200);
     },
     TEST_TIMEOUT_MS,
   );

@@ -33,9 +33,10 @@ beforeAll(async () => {
   }
   const tarballs = (await readdir(scratch)).filter((f) => f.endsWith(".tgz"));
   await writeFile(join(scratch, "package.json"), JSON.stringify({ name: "scratch", private: true }));
-  await run("npm", ["install", "--no-audit", "--no-fund", ...tarballs.map((t) => `./${t}`)], { cwd: scratch });
+  // From npm's cache when it can (the monorepo's install filled it): the registry is the slow part.
+  await run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", ...tarballs.map((t) => `./${t}`)], { cwd: scratch, timeout: 150_000 });
   server = await startServerProcess();
-}, 120_000);
+}, 180_000);
 
 afterAll(async () => {
   await server?.stop();

@@ -30,11 +30,14 @@ export class KVServer {
    * answers the new version; otherwise `ErrVersion` (the key exists) or `ErrNoKey`.
    * A put whose `id` made the key's current version, and whose `version` is one less, is a
    * retry of that put: it is answered `OK` with the current version and changes nothing.
-   * Rejects `InvalidArgumentError` for a bad key, value, version or id.
+   * Rejects `InvalidArgumentError` for a bad key, value, version or id (values and ids must be
+   * well-formed Unicode).
    */
   async put(key: string, value: string, version: number, id?: string): Promise<ServerPutResult> {
     assertKey(key);
     if (typeof value !== "string") throw new InvalidArgumentError(`value must be a string, got ${typeof value}`);
+    // A lone surrogate has no UTF-8 form: a store could not give it back as it came.
+    if (!value.isWellFormed()) throw new InvalidArgumentError("value must be well-formed Unicode");
     if (!Number.isSafeInteger(version) || version < 0) {
       throw new InvalidArgumentError(`version must be a safe integer ≥ 0, got ${String(version)}`);
     }
@@ -42,6 +45,7 @@ export class KVServer {
     if (id !== undefined && (typeof id !== "string" || id === "" || (id.length > MAX_PUT_ID_LENGTH && [...id].length > MAX_PUT_ID_LENGTH))) {
       throw new InvalidArgumentError(`id must be a string of 1–${MAX_PUT_ID_LENGTH} characters`);
     }
+    if (id !== undefined && !id.isWellFormed()) throw new InvalidArgumentError("id must be well-formed Unicode");
     if (version === MAX_VERSION) {
       // A key at the largest version is full: the next version would not be a safe integer.
       return (await this.#store.get(key)) === undefined ? { err: "ErrNoKey" } : { err: "ErrVersion" };
@@ -58,7 +62,7 @@ export class KVServer {
 }
 
 function assertKey(key: string): void {
-  if (typeof key !== "string" || key.length === 0) {
-    throw new InvalidArgumentError(`key must be a non-empty string, got ${JSON.stringify(key)}`);
+  if (typeof key !== "string" || key.length === 0 || !key.isWellFormed()) {
+    throw new InvalidArgumentError(`key must be a non-empty string of well-formed Unicode, got ${JSON.stringify(key)}`);
   }
 }

@@ -20,18 +20,15 @@ export interface EtcdStoreOptions {
   callTimeoutMs?: number;
 }
 
-/** What a key holds in etcd; its version is etcd's own per-key version. */
-interface Record {
-  v: string;
-  p?: string;
-}
 
 const DEFAULT_PREFIX = "kv/";
 // Longer than etcd's leader election with its default 1 s election timeout: a call that waits
 // out an election succeeds; one that cannot, fails while the clerk's try (5 s) still waits.
 const DEFAULT_CALL_TIMEOUT_MS = 1_500;
-// Tries of one store call, each to a member picked at random: a dead member costs one try.
-const MAX_TRIES = 3;
+// Tries of one store call, each to a member picked at random. A member that failed twice in a
+// row is skipped (its circuit opens), so with one member of three dead a call still gets through.
+const MAX_TRIES = 4;
+const FAILURES_TO_SKIP_A_MEMBER = 2;
 const RETRY_PAUSE_MS = 50;
 const BREAKER_OPEN_MS = 1_000;
 
@@ -46,7 +43,9 @@ export class EtcdStore implements Store {
   readonly #client: Etcd3;
   readonly #kv: Namespace;
   readonly #callTimeoutMs: number;
+  readonly #inFlight = new Set<Promise<unknown>>();
   #closed = false;
+  #closing: Promise<void> | undefined;
 
   constructor(options: EtcdStoreOptions) {
     this.#client = new Etcd3({
@@ -56,9 +55,10 @@ export class EtcdStore implements Store {
       // itself, knowing when an outcome became unknown.
       faultHandling: {
         global: noop,
-        // A member that failed three calls in a row is skipped for a second (etcd3's default is
-        // five: with one member, five seconds of refusals after a blip).
-        host: () => circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: BREAKER_OPEN_MS, breaker: new ConsecutiveBreaker(3) }),
+        // A member that failed twice in a row is skipped for a second (etcd3's default: three
+        // failures, five seconds — with one member, five seconds of refusals after a blip).
+        host: () =>
+          circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: BREAKER_OPEN_MS, breaker: new ConsecutiveBreaker(FAILURES_TO_SKIP_A_MEMBER) }),
       },
       // Reconnect to a member soon after a lost connection (gRPC waits a second at first).
       grpcOptions: { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 1_000 },
@@ -69,6 +69,10 @@ export class EtcdStore implements Store {
 
   async get(key: string): Promise<StoredEntry | undefined> {
     this.#assertOpen();
+    return this.#track(this.#get(key));
+  }
+
+  async #get(key: string): Promise<StoredEntry | undefined> {
     let lastError: unknown;
     for (let tries = 1; tries <= MAX_TRIES; tries++) {
       try {
@@ -85,36 +89,39 @@ export class EtcdStore implements Store {
 
   async putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult> {
     this.#assertOpen();
-    const record: Record = putId === undefined ? { v: value } : { v: value, p: putId };
-    let isAmbiguous = false; // a try reached etcd, and nobody knows whether it was applied
+    return this.#track(this.#putIfVersion(key, value, expectedVersion, putId));
+  }
+
+  async #putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult> {
+    const encoded = encodeRecord(value, putId);
+    let isAmbiguous = false; // a try may have reached etcd, and nobody knows whether it was applied
     let lastError: unknown;
     for (let tries = 1; tries <= MAX_TRIES; tries++) {
       try {
         const res = await this.#kv
           .if(key, "Version", "==", expectedVersion)
-          .then(this.#kv.put(key).value(JSON.stringify(record)))
+          .then(this.#kv.put(key).value(encoded))
           .else(this.#kv.get(key))
           .options(this.#callOptions())
           .commit();
         if (res.succeeded) return { ok: true, version: expectedVersion + 1 };
         const current = entryOf(res.responses[0]?.response_range.kvs[0]);
-        // After an unanswered try, a refusal says nothing unless the entry is that try's own
-        // write (KVServer answers OK by its put id) or the key is still absent, so the try was
-        // refused too (versions only grow; kv never deletes).
-        const isOursOrNothing = current === undefined || (putId !== undefined && current.putId === putId && current.version === expectedVersion + 1);
-        if (isAmbiguous && !isOursOrNothing) break;
+        // An unanswered try may still be applied later, whenever the key reaches expectedVersion.
+        // Only a key already at expectedVersion + 1, written by a put whose id we know, settles
+        // it: our try made it (KVServer answers OK by the id), or it never can.
+        if (isAmbiguous && !(putId !== undefined && current?.version === expectedVersion + 1)) break;
         return { ok: false, current };
       } catch (err) {
         lastError = err;
+        if (isTooLarge(err)) throw new KvError("ERR_KV_TOO_LARGE", `etcd refused the put as too large: ${(err as Error).message}`, { cause: err });
         if (reachedEtcd(err)) isAmbiguous = true;
         if (this.#closed) break;
         await pause();
       }
     }
     if (isAmbiguous) {
-      throw new StoreOutcomeUnknownError(`etcd could not confirm a put: ${(lastError as Error | undefined)?.message ?? "another write came after it"}`, {
-        cause: lastError,
-      });
+      const why = lastError === undefined ? "a retry found the key moved on" : (lastError as Error).message;
+      throw new StoreOutcomeUnknownError(`etcd could not confirm a put: ${why}`, { cause: lastError });
     }
     throw new StoreUnavailableError(`etcd did not take a put: ${(lastError as Error).message}`, { cause: lastError });
   }
@@ -123,21 +130,27 @@ export class EtcdStore implements Store {
   async isReady(): Promise<boolean> {
     if (this.#closed) return false;
     try {
-      await this.#kv.get("").options(this.#callOptions()).exec();
+      await this.#get(""); // the prefix itself: a key kv never writes
       return true;
     } catch {
       return false;
     }
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  /** Lets the calls in flight finish (each within its tries' deadlines), then closes the client. */
+  close(): Promise<void> {
     this.#closed = true;
-    this.#client.close();
+    this.#closing ??= Promise.allSettled(this.#inFlight).then(() => this.#client.close());
+    return this.#closing;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+
+  #track<T>(call: Promise<T>): Promise<T> {
+    this.#inFlight.add(call);
+    return call.finally(() => this.#inFlight.delete(call));
   }
 
   #callOptions() {
@@ -163,11 +176,32 @@ export async function openEtcdStore(options: EtcdStoreOptions): Promise<EtcdStor
   return new EtcdStore(options);
 }
 
+/**
+ * What a key holds in etcd (its version is etcd's own): two bytes, the put id's length in
+ * UTF-8 bytes (0: none), the put id, then the value's UTF-8 — no escaping, so a value takes its
+ * own size in etcd's request limit (1.5 MiB by default).
+ */
+function encodeRecord(value: string, putId: string | undefined): Buffer {
+  const id = Buffer.from(putId ?? "", "utf8");
+  const head = Buffer.alloc(2);
+  head.writeUInt16BE(id.length);
+  return Buffer.concat([head, id, Buffer.from(value, "utf8")]);
+}
+
 function entryOf(kv: IKeyValue | undefined): StoredEntry | undefined {
   if (kv === undefined) return undefined;
-  const record = JSON.parse(kv.value.toString("utf8")) as Record;
+  const idEnd = 2 + kv.value.readUInt16BE(0);
+  const value = kv.value.toString("utf8", idEnd);
   const version = Number(kv.version);
-  return record.p === undefined ? { value: record.v, version } : { value: record.v, version, putId: record.p };
+  return idEnd === 2 ? { value, version } : { value, version, putId: kv.value.toString("utf8", 2, idEnd) };
+}
+
+/**
+ * etcd's refusal of a request over its `--max-request-bytes` (1.5 MiB by default; past 2 MiB
+ * gRPC itself refuses it): permanent, and nothing was applied.
+ */
+function isTooLarge(err: unknown): boolean {
+  return /request is too large|received message larger than max/.test((err as Error).message);
 }
 
 /**

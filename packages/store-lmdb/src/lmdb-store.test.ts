@@ -25,6 +25,19 @@ describeStoreConformance(
   { reopen: (closed) => openLmdbStore({ path: paths.get(closed) as string }) },
 );
 
+describe("LmdbStore.close", () => {
+  it("lets puts in flight commit before it closes: they are there after a reopen", async () => {
+    const path = freshDir();
+    const store = await openLmdbStore({ path });
+    const puts = Array.from({ length: 50 }, (_, i) => store.putIfVersion(`k${i}`, "v", 0, undefined)); // not awaited
+    await store.close();
+    expect(await Promise.all(puts)).toEqual(Array.from({ length: 50 }, () => ({ ok: true, version: 1 })));
+    const again = await openLmdbStore({ path });
+    for (let i = 0; i < 50; i++) expect(await again.get(`k${i}`)).toEqual({ value: "v", version: 1 });
+    await again.close();
+  });
+});
+
 describe("openLmdbStore", () => {
   it("creates the directory, dots in its name and all", async () => {
     const path = join(freshDir(), "nested.dir");
@@ -46,7 +59,19 @@ describe("openLmdbStore", () => {
     const garbage = freshDir();
     mkdirSync(garbage);
     writeFileSync(join(garbage, "data.mdb"), Buffer.alloc(64 * 1024, 7));
-    await expect(openLmdbStore({ path: garbage })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining("not a usable LMDB environment") });
+    await expect(openLmdbStore({ path: garbage })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining("not an LMDB environment") });
+
+    const under = join(file, "store"); // a file where a directory would have to be made
+    await expect(openLmdbStore({ path: under })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining(`cannot use ${under}`) });
+  });
+
+  it("opens a directory that holds only LMDB's lock.mdb, as a crash before the first commit leaves it", async () => {
+    const path = freshDir();
+    mkdirSync(path);
+    writeFileSync(join(path, "lock.mdb"), "");
+    const store = await openLmdbStore({ path });
+    expect(await store.putIfVersion("k", "v", 0, undefined)).toEqual({ ok: true, version: 1 });
+    await store.close();
   });
 
   it("refuses a directory another process holds, and takes it once that process is killed", async () => {

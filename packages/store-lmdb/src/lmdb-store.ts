@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, statSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { join, resolve } from "node:path";
-import { KvError } from "@kv/rpc";
+import { hasCode, KvError } from "@kv/rpc";
 import { type PutIfVersionResult, type Store, StoreOpenError, type StoredEntry } from "@kv/server";
 import { open, type RootDatabase } from "lmdb";
 
@@ -47,8 +47,14 @@ export class LmdbStore implements Store {
   /** @internal Use {@link openLmdbStore}. */
   static async open(options: LmdbStoreOptions): Promise<LmdbStore> {
     const path = resolve(options.path);
-    checkDirectory(path);
-    const guard = await holdExclusively(path);
+    let guard: Server;
+    try {
+      checkDirectory(path);
+      guard = await holdExclusively(path);
+    } catch (err) {
+      if (hasCode(err, "ERR_KV_STORE_OPEN")) throw err;
+      throw new StoreOpenError(`cannot use ${path}: ${(err as Error).message}`, { cause: err }); // permissions, a file in the way…
+    }
     try {
       const db = open<Record, Buffer>({
         path,
@@ -62,7 +68,7 @@ export class LmdbStore implements Store {
       return new LmdbStore(db, guard);
     } catch (err) {
       guard.close();
-      throw new StoreOpenError(`${path} is not a usable LMDB environment: ${(err as Error).message}`, { cause: err });
+      throw new StoreOpenError(`cannot open the LMDB environment in ${path}: ${(err as Error).message}`, { cause: err });
     }
   }
 
@@ -89,6 +95,7 @@ export class LmdbStore implements Store {
       // LMDB says only "not applied", not why. Versions only grow and keys are never removed,
       // so an entry read now at another version, or absent, explains the refusal at this very
       // moment. One read back at expectedVersion moved there since: the put may apply now.
+      this.#assertOpen(); // closed while the put was committed: the environment is gone
       const current = this.#read(key);
       if (current?.version !== expectedVersion) return { ok: false, current };
     }
@@ -135,12 +142,13 @@ function lmdbKey(key: string): Buffer {
 function checkDirectory(path: string): void {
   if (!existsSync(path)) return;
   if (!statSync(path).isDirectory()) throw new StoreOpenError(`${path} is not a directory`);
-  const names = readdirSync(path);
+  // LMDB's own two files; a crash before the first commit may leave lock.mdb alone.
+  const names = readdirSync(path).filter((name) => name !== "lock.mdb");
   if (names.length > 0 && !names.includes("data.mdb")) {
     throw new StoreOpenError(`${path} is not an LMDB environment: it holds other files (${names.slice(0, 3).join(", ")}) and no data.mdb`);
   }
   if (names.includes("data.mdb") && !hasLmdbMagic(join(path, "data.mdb"))) {
-    throw new StoreOpenError(`${path} is not a usable LMDB environment: data.mdb does not start with an LMDB meta page`);
+    throw new StoreOpenError(`${path} is not an LMDB environment: its data.mdb does not start with an LMDB meta page`);
   }
 }
 
