@@ -5,45 +5,24 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { kvPath } from "@kv/rpc";
 import { MemoryStore, type Store } from "@kv/server";
 import { openEtcdStore } from "@kv/store-etcd";
 import { openLmdbStore } from "@kv/store-lmdb";
 import { startEtcdCluster } from "@kv/testkit";
-import autocannon from "autocannon";
+import type autocannon from "autocannon";
 import { buildApp } from "../src/app";
 import { parseConfig } from "../src/config";
+import { CONNECTIONS, createPuts, MEASURED_SECONDS, WARMUP_SECONDS } from "./create-puts";
 
-const CONNECTIONS = 64;
-const WARMUP_SECONDS = 2;
-const MEASURED_SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
-
-/** Each request creates a fresh key (version 0), so every put is an accepted write. */
+/** The kv app on `store`, under the load of `createPuts`, after a warm-up; closes the store. */
 async function measure(store: Store, label: string) {
   const app = await buildApp(parseConfig({ KV_LOG_LEVEL: "warn" }, []), store);
   const url = await app.listen({ host: "127.0.0.1", port: 0 });
   try {
-    let n = 0;
-    const once = async (seconds: number) => {
-      const result = await autocannon({
-        url,
-        connections: CONNECTIONS,
-        duration: seconds,
-        requests: [
-          {
-            method: "PUT",
-            headers: { "content-type": "application/json" },
-            setupRequest: (req) => ({ ...req, path: kvPath(`${label}-${n++}`), body: JSON.stringify({ value: "v".repeat(100), version: 0 }) }),
-          },
-        ],
-      });
-      if (result.errors > 0 || result.non2xx > 0) throw new Error(`${label}: ${result.errors} errors, ${result.non2xx} non-2xx replies`);
-      return result;
-    };
-    await once(WARMUP_SECONDS);
-    return await once(MEASURED_SECONDS);
+    await createPuts(url, `${label}-warmup`, WARMUP_SECONDS);
+    return await createPuts(url, label, MEASURED_SECONDS);
   } finally {
-    await app.close(); // closes the store
+    await app.close();
   }
 }
 
