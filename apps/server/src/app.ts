@@ -1,10 +1,15 @@
+import { randomUUID } from "node:crypto";
 import { createRequire } from "node:module";
+import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import swagger from "@fastify/swagger";
 import { hasCode } from "@kv/rpc";
 import { KVServer, type Store } from "@kv/server";
-import Fastify, { type FastifyError, type FastifyInstance, LogController } from "fastify";
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest, LogController } from "fastify";
+import { bearerTokenCheck } from "./auth";
 import type { Config } from "./config";
+import { Metrics, measureStore } from "./metrics";
+import { eventLoopGuard } from "./overload";
 import { refuse } from "./replies";
 import { healthRoutes } from "./routes/health";
 import { kvRoutes } from "./routes/kv";
@@ -14,17 +19,43 @@ const { version } = createRequire(import.meta.url)("../package.json") as { versi
 // JSON can spell one byte of a string as six (`\u0001`): a value at the limit must still fit.
 const JSON_ESCAPE_FACTOR = 6;
 const BODY_OVERHEAD_BYTES = 4096;
+const REQUEST_ID = /^[\w.:-]{1,64}$/;
+
+/** What `buildApp` needs besides the configuration: key material read from files, by `main`. */
+export interface AppOptions {
+  /** Serve HTTPS with this PEM certificate chain and key (see `loadTls`). */
+  https?: { cert: string | Buffer; key: string | Buffer };
+}
 
 /**
  * The kv HTTP server (contract §4) over `store`, ready but not listening. Closing the app
  * closes the store, after the requests in flight are answered.
  */
-export async function buildApp(config: Config, store: Store): Promise<FastifyInstance> {
+export async function buildApp(config: Config, plainStore: Store, options: AppOptions = {}): Promise<FastifyInstance> {
+  const metrics = new Metrics();
+  const store = measureStore(plainStore, storeKindOf(plainStore), metrics);
+  // Node's own limits on slow clients: headers, then the whole request, must arrive in time
+  // (checked every so often: often enough that a slow-loris connection ends near its deadline).
+  const serverOptions = {
+    requireHostHeader: false, // keys and values do not depend on Host; Node's refusal of a missing one has no body
+    headersTimeout: config.headersTimeoutMs,
+    connectionsCheckingInterval: Math.max(100, Math.min(1_000, config.headersTimeoutMs / 4)),
+  };
+  const answering = new WeakMap<object, Set<IncomingMessage>>(); // connection → its requests not yet answered
+  const pendingRefusals = new WeakMap<object, string>(); // connection → a raw refusal to send once they are
   const app = Fastify({
+    ...(options.https === undefined ? { http: serverOptions } : { https: { ...serverOptions, ...options.https } }),
+    requestTimeout: config.requestTimeoutMs,
+    keepAliveTimeout: config.keepAliveTimeoutMs,
     logger: { level: config.logLevel, redact: ["req.headers.authorization"] },
-    // One log line per request would cost more than the request on this hot path;
-    // errors and lifecycle events are still logged.
-    logController: new LogController({ disableRequestLogging: true }),
+    // A caller's X-Request-Id, when it is a plain short id, names the request in our logs too.
+    genReqId: (request) => {
+      const given = request.headers["x-request-id"];
+      return typeof given === "string" && REQUEST_ID.test(given) ? given : randomUUID();
+    },
+    // One log line per request would cost more than the request on this hot path: at info and
+    // above only errors and lifecycle events are logged; at debug and trace, every request too.
+    logController: new LogController({ disableRequestLogging: !["debug", "trace"].includes(config.logLevel) }),
     // Fastify's own 503 while closing has no `err`; the onRequest hook below sends the contract's.
     return503OnClosing: false,
     bodyLimit: config.maxValueBytes * JSON_ESCAPE_FACTOR + BODY_OVERHEAD_BYTES,
@@ -39,16 +70,23 @@ export async function buildApp(config: Config, store: Store): Promise<FastifyIns
       const { maxKeyBytes } = config;
       refuse(reply, "ErrBadRequest", tooLong ? `key must be at most ${maxKeyBytes} UTF-8 bytes, got over ${maxKeyBytes * 3}` : err.message);
     },
-    // Keys and values do not depend on Host; Node's own refusal of a missing one has no body.
-    http: { requireHostHeader: false },
     clientErrorHandler: (err, socket) => {
-      // Requests Node's parser refuses (bad request line, headers too large) get the contract's shape too.
       if (!socket.writable) return socket.destroy(err);
-      socket.end(rawBadRequest(err.message));
+      // Requests Node's parser refuses (bad request line, headers too large) get the contract's
+      // shape too; one that did not arrive within KV_HEADERS_TIMEOUT_MS / KV_REQUEST_TIMEOUT_MS, 408.
+      const refusal = hasCode(err, "ERR_HTTP_REQUEST_TIMEOUT")
+        ? rawReply(408, "Request Timeout", "ErrRequestTimeout", "the request did not arrive in time")
+        : rawReply(400, "Bad Request", "ErrBadRequest", err.message);
+      // Replies go out in the order requests came: a whole request pipelined before the bad
+      // bytes, still being handled, is answered first (see the onResponse hook below). A request
+      // not whole yet is the one that failed: nothing of it was applied.
+      const inFlight = answering.get(socket);
+      if (inFlight !== undefined && inFlight.size > 0 && [...inFlight].every((message) => message.complete)) pendingRefusals.set(socket, refusal);
+      else socket.end(refusal);
     },
   });
   // What Node answers itself, with no body, gets the contract's shape as well.
-  app.server.on("connect", (_request, socket: Duplex) => socket.end(rawBadRequest("CONNECT is not supported")));
+  app.server.on("connect", (_request, socket: Duplex) => socket.end(rawReply(400, "Bad Request", "ErrBadRequest", "CONNECT is not supported")));
   app.server.on("checkExpectation", (request, response) => {
     const body = JSON.stringify({ err: "ErrBadRequest", message: `unsupported expectation: ${request.headers.expect}` });
     response.writeHead(417, { "content-type": "application/json", "content-length": Buffer.byteLength(body) }).end(body);
@@ -110,22 +148,72 @@ export async function buildApp(config: Config, store: Store): Promise<FastifyIns
     if (isClosing) refuse(reply, "ErrUnavailable", "the server is shutting down");
     done();
   });
-  app.addHook("onSend", (_request, reply, payload, done) => {
+  app.addHook("onSend", (request, reply, payload, done) => {
     if (isClosing) reply.header("connection", "close");
+    reply.header("x-request-id", request.id);
     done(null, payload);
   });
   app.addHook("onClose", () => store.close());
+  countRequests(app, metrics);
+  app.addHook("onRequest", (request, _reply, done) => {
+    const { socket } = request.raw;
+    const inFlight = answering.get(socket) ?? new Set<IncomingMessage>();
+    answering.set(socket, inFlight.add(request.raw));
+    done();
+  });
+  app.addHook("onResponse", (request, _reply, done) => {
+    const { socket } = request.raw;
+    const inFlight = answering.get(socket);
+    inFlight?.delete(request.raw);
+    const refusal = pendingRefusals.get(socket);
+    if (inFlight?.size === 0 && refusal !== undefined) socket.end(refusal);
+    done();
+  });
+  app.server.maxConnections = config.maxConnections;
 
+  await eventLoopGuard(app, { config, metrics });
   await app.register(healthRoutes, { store });
-  await app.register(kvRoutes, { prefix: "/v1", server: new KVServer(store), config });
+  await app.register(kvRoutes, { prefix: "/v1", server: new KVServer(store), config, metrics });
   app.get("/openapi.json", { schema: { hide: true } }, () => app.swagger());
+  app.get("/metrics", {
+    schema: { hide: true },
+    ...(config.isMetricsAuthRequired && config.authToken !== undefined && { onRequest: bearerTokenCheck(config.authToken) }),
+    handler: async (_request, reply) => reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
+  });
 
   await app.ready();
   return app;
 }
 
-/** A whole HTTP/1.1 400 reply in the contract's shape, for a socket Fastify never saw a request on. */
-function rawBadRequest(message: string): string {
-  const body = JSON.stringify({ err: "ErrBadRequest", message });
-  return `HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+/** Counts every request into `metrics`: answered by route, method and status, timed, and in flight. */
+function countRequests(app: FastifyInstance, metrics: Metrics): void {
+  const counted = new WeakSet<FastifyRequest>();
+  const finish = (request: FastifyRequest) => {
+    if (counted.delete(request)) metrics.inFlight.dec();
+  };
+  app.addHook("onRequest", (request, _reply, done) => {
+    counted.add(request);
+    metrics.inFlight.inc();
+    done();
+  });
+  app.addHook("onResponse", (request, reply, done) => {
+    finish(request);
+    const labels = { route: request.routeOptions.url ?? "unmatched", method: request.method, status: String(reply.statusCode) };
+    metrics.requests.inc(labels);
+    metrics.requestDuration.observe(labels, reply.elapsedTime / 1000);
+    done();
+  });
+  app.addHook("onRequestAbort", (request, done) => {
+    finish(request);
+    done();
+  });
+}
+
+/** `memory`, `lmdb`, `etcd`: the store's kind, for metric labels, from its class name. */
+const storeKindOf = (store: Store): string => store.constructor.name.replace(/Store$/, "").toLowerCase() || "store";
+
+/** A whole HTTP/1.1 reply in the contract's shape, for a socket Fastify never saw a request on. */
+function rawReply(status: number, reason: string, err: string, message: string): string {
+  const body = JSON.stringify({ err, message });
+  return `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
 }

@@ -18,8 +18,16 @@ describe("parseConfig", () => {
       port: 7070,
       store: { kind: "lmdb", path: "kv-data" },
       authToken: undefined,
+      isMetricsAuthRequired: false,
+      tls: undefined,
       maxKeyBytes: 4096,
       maxValueBytes: 1048576,
+      maxConnections: 10_000,
+      maxInFlight: 1_024,
+      maxEventLoopDelayMs: 1_000,
+      headersTimeoutMs: 10_000,
+      requestTimeoutMs: 30_000,
+      keepAliveTimeoutMs: 72_000,
       logLevel: "info",
     });
   });
@@ -50,6 +58,34 @@ describe("parseConfig", () => {
     expect(parseConfig({ KV_STORE: value, ...extra }, []).store).toEqual(store);
   });
 
+  it("reads the TLS files, limits, timeouts and metrics setting", () => {
+    const config = parseConfig(
+      {
+        KV_TLS_CERT: "/etc/kv/cert.pem",
+        KV_TLS_KEY: "/etc/kv/key.pem",
+        KV_AUTH_TOKEN: "t",
+        KV_METRICS_AUTH: "true",
+        KV_MAX_CONNECTIONS: "50",
+        KV_MAX_IN_FLIGHT: "8",
+        KV_MAX_EVENT_LOOP_DELAY_MS: "0",
+        KV_HEADERS_TIMEOUT_MS: "1000",
+        KV_REQUEST_TIMEOUT_MS: "2000",
+        KV_KEEP_ALIVE_TIMEOUT_MS: "3000",
+      },
+      [],
+    );
+    expect(config).toMatchObject({
+      tls: { certPath: "/etc/kv/cert.pem", keyPath: "/etc/kv/key.pem" },
+      isMetricsAuthRequired: true,
+      maxConnections: 50,
+      maxInFlight: 8,
+      maxEventLoopDelayMs: 0,
+      headersTimeoutMs: 1000,
+      requestTimeoutMs: 2000,
+      keepAliveTimeoutMs: 3000,
+    });
+  });
+
   it("lets a --flag win over its variable", () => {
     const config = parseConfig({ KV_PORT: "1", KV_LOG_LEVEL: "warn" }, ["--port", "2", "--log-level=error", "--max-key-bytes", "10"]);
     expect(config).toMatchObject({ port: 2, logLevel: "error", maxKeyBytes: 10 });
@@ -76,7 +112,14 @@ describe("parseConfig", () => {
     [{ KV_STORE: "memory", KV_ETCD_PREFIX: "p/" }, "KV_ETCD_PREFIX applies only to an etcd store"],
     [{ KV_HOST: "" }, "KV_HOST must not be empty"],
     [{ KV_AUTH_TOKEN: "" }, "KV_AUTH_TOKEN must not be empty"],
-    [{ KV_TLS_CERT: "/x.pem" }, "KV_TLS_CERT: HTTPS is not built yet"],
+    [{ KV_TLS_CERT: "/x.pem" }, "KV_TLS_CERT and KV_TLS_KEY go together"],
+    [{ KV_TLS_KEY: "/k.pem" }, "KV_TLS_CERT and KV_TLS_KEY go together"],
+    [{ KV_METRICS_AUTH: "yes" }, 'KV_METRICS_AUTH must be true or false, got "yes"'],
+    [{ KV_METRICS_AUTH: "true" }, "KV_METRICS_AUTH=true needs KV_AUTH_TOKEN"],
+    [{ KV_MAX_IN_FLIGHT: "0" }, "KV_MAX_IN_FLIGHT must be an integer from 1"],
+    [{ KV_MAX_CONNECTIONS: "many" }, "KV_MAX_CONNECTIONS must be an integer"],
+    [{ KV_MAX_EVENT_LOOP_DELAY_MS: "-5" }, "KV_MAX_EVENT_LOOP_DELAY_MS must be an integer from 0"],
+    [{ KV_HEADERS_TIMEOUT_MS: "5000", KV_REQUEST_TIMEOUT_MS: "4000" }, "KV_REQUEST_TIMEOUT_MS must be at least KV_HEADERS_TIMEOUT_MS (5000)"],
   ])("refuses %j, naming the variable", (env, message) => {
     const problems = problemsOf(env);
     expect(problems).toHaveLength(1);

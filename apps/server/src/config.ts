@@ -14,8 +14,24 @@ export interface Config {
   readonly store: StoreConfig;
   /** When set, every `/v1` request needs `Authorization: Bearer <authToken>`. */
   readonly authToken: string | undefined;
+  /** With `authToken`: `/metrics` needs the token too. */
+  readonly isMetricsAuthRequired: boolean;
+  /** Serve HTTPS with this certificate chain and key (PEM file paths); both or neither. */
+  readonly tls: { readonly certPath: string; readonly keyPath: string } | undefined;
   readonly maxKeyBytes: number;
   readonly maxValueBytes: number;
+  /** Open connections at most; more are closed as they arrive. */
+  readonly maxConnections: number;
+  /** `/v1` requests being handled at once at most; more are refused 503 before they reach the store. */
+  readonly maxInFlight: number;
+  /** Past this event-loop delay `/v1` requests are refused 503 until it recovers; 0: no limit. */
+  readonly maxEventLoopDelayMs: number;
+  /** A request's headers must have arrived within this (slow-loris headers). */
+  readonly headersTimeoutMs: number;
+  /** A whole request must have arrived within this (a body never finished). */
+  readonly requestTimeoutMs: number;
+  /** An idle keep-alive connection is closed after this. */
+  readonly keepAliveTimeoutMs: number;
   readonly logLevel: LogLevel;
 }
 
@@ -37,6 +53,18 @@ const VALUE_BYTES_CEILING = 64 * 1024 * 1024;
 const DEFAULT_STORE = "lmdb:kv-data";
 // kv's keys live under this prefix in etcd, so a cluster can hold other data, or several kvs.
 const DEFAULT_ETCD_PREFIX = "kv/";
+// Enough for a fleet of clients with keep-alive pools; each costs a socket and a little memory.
+const DEFAULT_MAX_CONNECTIONS = 10_000;
+// Past this many requests at once, queueing only adds latency: refuse and let clients back off.
+const DEFAULT_MAX_IN_FLIGHT = 1_024;
+// A second of event-loop delay means every request already waits a second: shed load.
+const DEFAULT_MAX_EVENT_LOOP_DELAY_MS = 1_000;
+// A client sends its headers at once; ten seconds is generous, and ends slow-loris connections.
+const DEFAULT_HEADERS_TIMEOUT_MS = 10_000;
+// A 6 MiB body (a 1 MiB value at worst JSON escaping) over a slow link, with room to spare.
+const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+// Fastify's default: longer than the usual load balancer's idle timeout (60 s).
+const DEFAULT_KEEP_ALIVE_TIMEOUT_MS = 72_000;
 const LOG_LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 
 /** Each setting: its environment variable and the `--flag` of the same name. */
@@ -46,10 +74,17 @@ const SETTINGS = {
   store: "KV_STORE",
   "etcd-prefix": "KV_ETCD_PREFIX",
   "auth-token": "KV_AUTH_TOKEN",
+  "metrics-auth": "KV_METRICS_AUTH",
   "tls-cert": "KV_TLS_CERT",
   "tls-key": "KV_TLS_KEY",
   "max-key-bytes": "KV_MAX_KEY_BYTES",
   "max-value-bytes": "KV_MAX_VALUE_BYTES",
+  "max-connections": "KV_MAX_CONNECTIONS",
+  "max-in-flight": "KV_MAX_IN_FLIGHT",
+  "max-event-loop-delay-ms": "KV_MAX_EVENT_LOOP_DELAY_MS",
+  "headers-timeout-ms": "KV_HEADERS_TIMEOUT_MS",
+  "request-timeout-ms": "KV_REQUEST_TIMEOUT_MS",
+  "keep-alive-timeout-ms": "KV_KEEP_ALIVE_TIMEOUT_MS",
   "log-level": "KV_LOG_LEVEL",
 } as const;
 type Flag = keyof typeof SETTINGS;
@@ -94,12 +129,26 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
   const authToken = raw("auth-token")?.value;
   if (authToken === "") problems.push(`${SETTINGS["auth-token"]} must not be empty when set`);
 
-  for (const flag of ["tls-cert", "tls-key"] as const) {
-    const setting = raw(flag);
-    if (setting !== undefined) {
-      problems.push(`${setting.name}: HTTPS is not built yet; terminate TLS in a proxy in front of kv`);
-    }
+  const metricsAuth = raw("metrics-auth");
+  const isMetricsAuthRequired = metricsAuth?.value === "true";
+  if (metricsAuth !== undefined && !["true", "false"].includes(metricsAuth.value)) {
+    problems.push(`${metricsAuth.name} must be true or false, got ${JSON.stringify(metricsAuth.value)}`);
   }
+  if (isMetricsAuthRequired && authToken === undefined) problems.push(`${metricsAuth?.name}=true needs ${SETTINGS["auth-token"]}`);
+
+  const [cert, key] = [raw("tls-cert"), raw("tls-key")];
+  if ((cert === undefined) !== (key === undefined)) problems.push(`${SETTINGS["tls-cert"]} and ${SETTINGS["tls-key"]} go together: set both or neither`);
+  for (const setting of [cert, key]) if (setting?.value === "") problems.push(`${setting.name} must be a file path`);
+  const tls = cert !== undefined && key !== undefined ? Object.freeze({ certPath: cert.value, keyPath: key.value }) : undefined;
+
+  const maxConnections = integer("max-connections", DEFAULT_MAX_CONNECTIONS, 1, 1_000_000);
+  const maxInFlight = integer("max-in-flight", DEFAULT_MAX_IN_FLIGHT, 1, 1_000_000);
+  const maxEventLoopDelayMs = integer("max-event-loop-delay-ms", DEFAULT_MAX_EVENT_LOOP_DELAY_MS, 0, 60_000);
+  const headersTimeoutMs = integer("headers-timeout-ms", DEFAULT_HEADERS_TIMEOUT_MS, 1, 3_600_000);
+  const requestTimeoutMs = integer("request-timeout-ms", DEFAULT_REQUEST_TIMEOUT_MS, 1, 3_600_000);
+  const keepAliveTimeoutMs = integer("keep-alive-timeout-ms", DEFAULT_KEEP_ALIVE_TIMEOUT_MS, 1, 3_600_000);
+  // Node needs the whole request's deadline at least as long as the headers'.
+  if (requestTimeoutMs < headersTimeoutMs) problems.push(`${SETTINGS["request-timeout-ms"]} must be at least ${SETTINGS["headers-timeout-ms"]} (${headersTimeoutMs})`);
 
   const level = raw("log-level");
   const logLevel = (level?.value ?? "info") as LogLevel;
@@ -108,7 +157,23 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
   }
 
   if (problems.length > 0) throw new ConfigError(problems);
-  return Object.freeze({ host, port, store, authToken, maxKeyBytes, maxValueBytes, logLevel });
+  return Object.freeze({
+    host,
+    port,
+    store,
+    authToken,
+    isMetricsAuthRequired,
+    tls,
+    maxKeyBytes,
+    maxValueBytes,
+    maxConnections,
+    maxInFlight,
+    maxEventLoopDelayMs,
+    headersTimeoutMs,
+    requestTimeoutMs,
+    keepAliveTimeoutMs,
+    logLevel,
+  });
 }
 
 type Setting = { name: string; value: string };

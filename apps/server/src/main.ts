@@ -3,6 +3,7 @@ import closeWithGrace from "close-with-grace";
 import { buildApp } from "./app";
 import { ConfigError, parseConfig } from "./config";
 import { openStore } from "./store";
+import { loadTls, TlsConfigError } from "./tls";
 
 let config;
 try {
@@ -10,6 +11,15 @@ try {
 } catch (err) {
   if (!(err instanceof ConfigError)) throw err;
   for (const problem of err.problems) process.stderr.write(`kv-server: ${problem}\n`);
+  process.exit(2);
+}
+
+let https;
+try {
+  if (config.tls !== undefined) https = loadTls(config.tls);
+} catch (err) {
+  if (!(err instanceof TlsConfigError)) throw err;
+  process.stderr.write(`kv-server: cannot serve HTTPS: ${err.message}\n`);
   process.exit(2);
 }
 
@@ -21,7 +31,7 @@ try {
   process.stderr.write(`kv-server: cannot open the store: ${(err as Error).message}\n`);
   process.exit(1);
 }
-const app = await buildApp(config, store);
+const app = await buildApp(config, store, https === undefined ? {} : { https });
 
 closeWithGrace(
   { delay: 10_000, logger: { error: (msg: unknown) => app.log.error(msg) } },

@@ -1,12 +1,8 @@
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer, type IncomingMessage } from "node:http";
 import { type AddressInfo, connect } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { createServer as createTlsServer } from "node:tls";
 import type { GetResult, PutResult } from "@kv/rpc";
-import { assertLinearizable, createFaultProxy, recordHistory, type ServerProcess, startServerProcess, testSeed } from "@kv/testkit";
+import { assertLinearizable, createFaultProxy, createTestCertificates, recordHistory, type ServerProcess, startServerProcess, testSeed } from "@kv/testkit";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { type Clerk, createClerk } from "./clerk";
@@ -57,20 +53,6 @@ async function startFront(decide: (req: IncomingMessage, forward: () => Promise<
   await new Promise<void>((r) => front.listen(0, "127.0.0.1", r));
   onTestFinished(() => new Promise<void>((r) => front.close(() => r())));
   return { url: `http://127.0.0.1:${(front.address() as AddressInfo).port}` };
-}
-
-/** A private CA, made now with openssl, and a certificate it signed for `host`. */
-function certificateFor(host: string): { ca: string; key: string; cert: string } {
-  const dir = mkdtempSync(join(tmpdir(), "kv-tls-"));
-  onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
-  const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
-  openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=kv test CA");
-  openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", `/CN=${host}`);
-  const ext = join(dir, "ext.cnf");
-  execFileSync("sh", ["-c", `printf 'subjectAltName=IP:${host}\n' > ${ext}`]);
-  openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", ext);
-  const read = (name: string) => readFileSync(join(dir, name), "utf8");
-  return { ca: read("ca.pem"), key: read("server.key"), cert: read("server.pem") };
 }
 
 describe("createClerk over HTTP", () => {
@@ -158,7 +140,7 @@ describe("createClerk over HTTP", () => {
   });
 
   it("connects over https to a server whose certificate a private CA signed, given tls.ca", async () => {
-    const { ca, key, cert } = certificateFor("127.0.0.1");
+    const { ca, key, cert } = createTestCertificates("127.0.0.1");
     const tlsFront = createTlsServer({ key, cert }, (socket) => socket.pipe(connect(server.port, "127.0.0.1")).pipe(socket));
     await new Promise<void>((r) => tlsFront.listen(0, "127.0.0.1", r));
     onTestFinished(() => new Promise<void>((r) => tlsFront.close(() => r())));

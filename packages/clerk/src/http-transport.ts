@@ -147,6 +147,7 @@ function refusal({ status, body, retryAfterMs }: Reply): Error {
       return new KvError("ERR_KV_UNAUTHORIZED", `the server wants a valid bearer token${said}`);
     case 413:
       return new KvError("ERR_KV_TOO_LARGE", `the value is over the server's limit${said}`);
+    case 408: // the request did not reach the server in time: nothing was applied
     case 429:
     case 503:
       return new UnavailableError(`the server did not apply the request (${status})${said}`, retryAfterMs);

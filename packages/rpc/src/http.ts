@@ -19,6 +19,7 @@ export const statusByErr = {
   ErrUnauthorized: 401,
   ErrNotFound: 404,
   ErrMethodNotAllowed: 405,
+  ErrRequestTimeout: 408,
   ErrTooLarge: 413,
   ErrInternal: 500,
   ErrUnavailable: 503,

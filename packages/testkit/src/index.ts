@@ -7,3 +7,4 @@ export { createFaultProxy, type FaultProxy, type FaultProxyOptions, type FaultPr
 export { findServerEntry, startServerProcess, type ServerProcess, type ServerProcessOptions } from "./server-process";
 export { describeStoreConformance, type StoreConformanceOptions } from "./store-conformance";
 export { type EtcdCluster, type EtcdClusterOptions, type EtcdMember, startEtcdCluster } from "./etcd-cluster";
+export { createTestCertificates, type TestCertificates } from "./certificates";

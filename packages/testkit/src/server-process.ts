@@ -1,5 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import { get as httpGet } from "node:http";
+import { get as httpsGet } from "node:https";
 import { dirname, join } from "node:path";
 
 /** How {@link startServerProcess} runs the server: its environment, arguments, entry file and patience. */
@@ -15,6 +17,8 @@ export interface ServerProcessOptions {
   entry?: string;
   /** How long to wait for the server to listen and answer `/readyz` (default 10 s). */
   readyTimeoutMs?: number;
+  /** For a server on HTTPS: the CA to trust while waiting for `/readyz` (PEM). */
+  tlsCa?: string;
 }
 
 /** A built kv server running as a child process. */
@@ -46,6 +50,19 @@ const running = new Set<ChildProcess>();
 process.once("exit", () => {
   for (const child of running) child.kill("SIGKILL");
 });
+
+/** The status of a GET to `url` (http or https, trusting `ca`), or undefined when it fails or takes a second. */
+function statusOf(url: string, ca: string | undefined): Promise<number | undefined> {
+  return new Promise((resolve) => {
+    const get = url.startsWith("https:") ? httpsGet : httpGet;
+    const request = get(url, { ca, timeout: 1_000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    request.on("timeout", () => request.destroy());
+    request.on("error", () => resolve(undefined));
+  });
+}
 
 /** Where the built server is: `apps/server/dist/main.js` under the workspace root above `from`. */
 export function findServerEntry(from = process.cwd()): string {
@@ -98,10 +115,7 @@ export async function startServerProcess(options: ServerProcessOptions = {}): Pr
   });
 
   while (true) {
-    const ready = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(1000) }).then(
-      (r) => r.status === 200,
-      () => false,
-    );
+    const ready = (await statusOf(`${url}/readyz`, options.tlsCa)) === 200;
     if (ready) break;
     if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode} before it was ready:\n${output}`);
     if (Date.now() > deadline) {

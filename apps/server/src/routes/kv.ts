@@ -1,4 +1,3 @@
-import { createHash, timingSafeEqual } from "node:crypto";
 import {
   ErrorReply,
   GetOkReply,
@@ -14,19 +13,28 @@ import {
 import type { KVServer } from "@kv/server";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import type { Config } from "../config";
+import { bearerTokenCheck } from "../auth";
+import type { Metrics } from "../metrics";
+import { inFlightLimit } from "../overload";
 import { refuse } from "../replies";
 
 export interface KvRoutesOptions {
   server: KVServer;
   config: Config;
+  metrics: Metrics;
 }
 
 type KeyRequest = { Params: { key: string }; Querystring: Record<string, never> };
 
 const route = KV_ROUTE.replace(/^\/v1/, "");
 
-/** `/v1/kv/:key` GET and PUT (contract §4), behind the bearer token when one is configured. */
-export async function kvRoutes(app: FastifyInstance, { server, config }: KvRoutesOptions): Promise<void> {
+/**
+ * `/v1/kv/:key` GET and PUT (contract §4), behind the in-flight cap and, when one is
+ * configured, the bearer token.
+ */
+export async function kvRoutes(app: FastifyInstance, { server, config, metrics }: KvRoutesOptions): Promise<void> {
+  // Shedding first: a refused request costs no more than it must, and never reaches the store.
+  inFlightLimit(app, { config, metrics });
   if (config.authToken !== undefined) app.addHook("onRequest", bearerTokenCheck(config.authToken));
 
   /** The decoded key, or undefined after refusing the request. */
@@ -84,6 +92,7 @@ export async function kvRoutes(app: FastifyInstance, { server, config }: KvRoute
       if (!value.isWellFormed()) return refuse(reply, "ErrBadRequest", "body value must be well-formed Unicode");
       if (id !== undefined && !id.isWellFormed()) return refuse(reply, "ErrBadRequest", "body id must be well-formed Unicode");
       const result = await server.put(key, value, version, id);
+      if (result.err === "ErrVersion") metrics.putConflicts.inc();
       return reply.code(statusByErr[result.err]).send(result);
     },
   );
@@ -98,15 +107,4 @@ export async function kvRoutes(app: FastifyInstance, { server, config }: KvRoute
     handler: async (request, reply) =>
       refuse(reply.header("allow", "GET, HEAD, PUT"), "ErrMethodNotAllowed", `${request.method} is not allowed on a key`),
   });
-}
-
-/** A hook that refuses requests without the token, comparing digests so the time taken tells nothing. */
-function bearerTokenCheck(token: string) {
-  const digest = (s: string) => createHash("sha256").update(s).digest();
-  const expected = digest(`Bearer ${token}`);
-  return async (request: { headers: { authorization?: string | undefined } }, reply: FastifyReply) => {
-    if (!timingSafeEqual(digest(request.headers.authorization ?? ""), expected)) {
-      return refuse(reply, "ErrUnauthorized", "a valid bearer token is required");
-    }
-  };
 }

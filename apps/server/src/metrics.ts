@@ -1,0 +1,80 @@
+import type { PutIfVersionResult, Store, StoredEntry } from "@kv/server";
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+
+/** Latency buckets in seconds: from a memory-store put (~0.1 ms) to an etcd election (~2 s). */
+const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+/**
+ * The server's Prometheus metrics, in a registry of its own (not prom-client's global one), so
+ * that several apps in one process — tests — count apart.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({
+    name: "kv_http_requests_total",
+    help: "HTTP requests answered, by route, method and status",
+    labelNames: ["route", "method", "status"] as const,
+    registers: [this.registry],
+  });
+  readonly requestDuration = new Histogram({
+    name: "kv_http_request_duration_seconds",
+    help: "Time from a request's arrival to its reply, by route, method and status",
+    labelNames: ["route", "method", "status"] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly inFlight = new Gauge({
+    name: "kv_http_requests_in_flight",
+    help: "Requests being handled now",
+    registers: [this.registry],
+  });
+  readonly storeDuration = new Histogram({
+    name: "kv_store_operation_duration_seconds",
+    help: "Time a store call took, by store kind, operation and outcome",
+    labelNames: ["store", "operation", "outcome"] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [this.registry],
+  });
+  readonly putConflicts = new Counter({
+    name: "kv_put_conflicts_total",
+    help: "Puts answered ErrVersion: the key was at another version",
+    registers: [this.registry],
+  });
+  readonly overloadRejections = new Counter({
+    name: "kv_overload_rejections_total",
+    help: "Requests refused 503 before reaching the store, by reason (in_flight, event_loop_delay)",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry });
+  }
+}
+
+/**
+ * `store`, with each call timed into `kv_store_operation_duration_seconds` under `kind`. Outcomes:
+ * `found`/`absent` for get, `applied`/`refused` for putIfVersion, and `error`.
+ */
+export function measureStore(store: Store, kind: string, metrics: Metrics): Store {
+  const time = async <T>(operation: string, call: () => Promise<T>, outcomeOf: (result: T) => string): Promise<T> => {
+    const end = metrics.storeDuration.startTimer({ store: kind, operation });
+    try {
+      const result = await call();
+      end({ outcome: outcomeOf(result) });
+      return result;
+    } catch (err) {
+      end({ outcome: "error" });
+      throw err;
+    }
+  };
+  const measured: Store = {
+    get: (key) => time("get", () => store.get(key), (entry: StoredEntry | undefined) => (entry === undefined ? "absent" : "found")),
+    putIfVersion: (key, value, expectedVersion, putId) =>
+      time("putIfVersion", () => store.putIfVersion(key, value, expectedVersion, putId), (r: PutIfVersionResult) => (r.ok ? "applied" : "refused")),
+    close: () => store.close(),
+  };
+  const { isReady } = store;
+  if (isReady !== undefined) measured.isReady = () => isReady.call(store);
+  return measured;
+}
