@@ -5,7 +5,7 @@ import type { Duplex } from "node:stream";
 import swagger from "@fastify/swagger";
 import { hasCode } from "@kv/rpc";
 import { KVServer, type Store } from "@kv/server";
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest, LogController } from "fastify";
+import Fastify, { type FastifyError, type FastifyInstance, LogController } from "fastify";
 import { bearerTokenCheck } from "./auth";
 import type { Config } from "./config";
 import { Metrics, measureStore } from "./metrics";
@@ -43,8 +43,10 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   };
   const answering = new WeakMap<object, Set<IncomingMessage>>(); // connection → its requests not yet answered
   const pendingRefusals = new WeakMap<object, string>(); // connection → a raw refusal to send once they are
+  const hasWholeRequestsInFlight = (socket: object) => [...(answering.get(socket) ?? [])].some((message) => message.complete);
   const app = Fastify({
-    ...(options.https === undefined ? { http: serverOptions } : { https: { ...serverOptions, ...options.https } }),
+    // Over TLS the handshake comes before the headers: it gets the same deadline.
+    ...(options.https === undefined ? { http: serverOptions } : { https: { ...serverOptions, handshakeTimeout: config.headersTimeoutMs, ...options.https } }),
     requestTimeout: config.requestTimeoutMs,
     keepAliveTimeout: config.keepAliveTimeoutMs,
     logger: { level: config.logLevel, redact: ["req.headers.authorization"] },
@@ -77,11 +79,10 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
       const refusal = hasCode(err, "ERR_HTTP_REQUEST_TIMEOUT")
         ? rawReply(408, "Request Timeout", "ErrRequestTimeout", "the request did not arrive in time")
         : rawReply(400, "Bad Request", "ErrBadRequest", err.message);
-      // Replies go out in the order requests came: a whole request pipelined before the bad
-      // bytes, still being handled, is answered first (see the onResponse hook below). A request
+      // Replies go out in the order requests came: the whole requests pipelined before the bad
+      // bytes, still being handled, are answered first (see the onRequest hook below). A request
       // not whole yet is the one that failed: nothing of it was applied.
-      const inFlight = answering.get(socket);
-      if (inFlight !== undefined && inFlight.size > 0 && [...inFlight].every((message) => message.complete)) pendingRefusals.set(socket, refusal);
+      if (hasWholeRequestsInFlight(socket)) pendingRefusals.set(socket, refusal);
       else socket.end(refusal);
     },
   });
@@ -155,18 +156,15 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   });
   app.addHook("onClose", () => store.close());
   countRequests(app, metrics);
-  app.addHook("onRequest", (request, _reply, done) => {
+  app.addHook("onRequest", (request, reply, done) => {
     const { socket } = request.raw;
     const inFlight = answering.get(socket) ?? new Set<IncomingMessage>();
     answering.set(socket, inFlight.add(request.raw));
-    done();
-  });
-  app.addHook("onResponse", (request, _reply, done) => {
-    const { socket } = request.raw;
-    const inFlight = answering.get(socket);
-    inFlight?.delete(request.raw);
-    const refusal = pendingRefusals.get(socket);
-    if (inFlight?.size === 0 && refusal !== undefined) socket.end(refusal);
+    reply.raw.once("close", () => {
+      inFlight.delete(request.raw);
+      const refusal = pendingRefusals.get(socket);
+      if (refusal !== undefined && !hasWholeRequestsInFlight(socket)) socket.end(refusal);
+    });
     done();
   });
   app.server.maxConnections = config.maxConnections;
@@ -187,24 +185,15 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
 
 /** Counts every request into `metrics`: answered by route, method and status, timed, and in flight. */
 function countRequests(app: FastifyInstance, metrics: Metrics): void {
-  const counted = new WeakSet<FastifyRequest>();
-  const finish = (request: FastifyRequest) => {
-    if (counted.delete(request)) metrics.inFlight.dec();
-  };
-  app.addHook("onRequest", (request, _reply, done) => {
-    counted.add(request);
+  app.addHook("onRequest", (_request, reply, done) => {
     metrics.inFlight.inc();
+    reply.raw.once("close", () => metrics.inFlight.dec()); // once, answered or abandoned
     done();
   });
   app.addHook("onResponse", (request, reply, done) => {
-    finish(request);
     const labels = { route: request.routeOptions.url ?? "unmatched", method: request.method, status: String(reply.statusCode) };
     metrics.requests.inc(labels);
     metrics.requestDuration.observe(labels, reply.elapsedTime / 1000);
-    done();
-  });
-  app.addHook("onRequestAbort", (request, done) => {
-    finish(request);
     done();
   });
 }

@@ -27,7 +27,8 @@ const RUNS = 60;
 const OPS_PER_RUN = { maxLength: 100, size: "max" } as const;
 const RAW_RUNS = 300;
 const MIN_REQUESTS = 2_000;
-// Each shrinking step starts a server and replays up to 100 requests: bound the search, keep what it found.
+// Each shrinking step starts a server and replays up to 100 requests: the whole run, search and
+// shrinking, stops after this (keeping what it found); the request count below fails a run cut short.
 const SHRINK_BUDGET_MS = 60_000;
 
 /** A MemoryStore that notes each write it applies, so a write that no reply accounts for shows. */

@@ -1,6 +1,7 @@
 import { once } from "node:events";
 import { connect, type Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
+import { MemoryStore } from "@kv/server";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { startTestServer } from "./testing";
 
@@ -71,5 +72,30 @@ describe("the connection cap (KV_MAX_CONNECTIONS)", () => {
     next.socket.write("GET /healthz HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n");
     await within(next.closed, 5_000, "the connection after one was freed");
     expect(next.received()).toMatch(/^HTTP\/1\.1 200 /);
+  });
+});
+
+describe("bad bytes pipelined after a request", () => {
+  it("answer that request first, then refuse, in order, when the bad request is still arriving", async () => {
+    const store = new MemoryStore();
+    const kv = await startTestServer({}, {
+      get: (key) => store.get(key),
+      putIfVersion: async (...args) => (await sleep(200), store.putIfVersion(...args)), // still working when the bad bytes come
+      close: () => store.close(),
+    });
+    onTestFinished(() => kv.close());
+    const connection = await rawConnection(kv.base);
+    const body = '{"value":"v","version":0}';
+    connection.socket.write(
+      `PUT /v1/kv/first HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}` +
+        "PUT /v1/kv/second HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
+    );
+    await within(connection.closed, 5_000, "the connection");
+    const replies = connection.received().split(/(?=HTTP\/1\.1 )/);
+    expect(replies).toHaveLength(2);
+    expect(replies[0]).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\{"err":"OK","version":1\}$/);
+    expect(replies[1]).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n[\s\S]*"err":"ErrBadRequest"/);
+    expect(await store.get("first")).toEqual({ value: "v", version: 1 });
+    expect(await store.get("second")).toBeUndefined();
   });
 });

@@ -1,3 +1,5 @@
+import { once } from "node:events";
+import { connect } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createClerk } from "@kv/clerk";
 import { MemoryStore, type PutIfVersionResult, type Store, type StoredEntry } from "@kv/server";
@@ -41,6 +43,23 @@ describe("overload: too many requests in flight (KV_MAX_IN_FLIGHT)", () => {
     for (const [i, r] of replies.entries()) expect((await kv.get(`burst-${i}`)).status).toBe(r.status === 200 ? 200 : 404);
     const metrics = (await kv.request("GET", "/metrics")).body as string;
     expect(metrics).toContain(`kv_overload_rejections_total{reason="in_flight"} ${refused.length}`);
+  });
+
+  it("frees the place of a request whose client left while the store worked", async () => {
+    const kv = await startTestServer({ KV_MAX_IN_FLIGHT: "2" }, new SlowStore(300));
+    onTestFinished(() => kv.close());
+    const { port } = new URL(kv.base);
+    for (const key of ["gone-1", "gone-2"]) {
+      const socket = connect(Number(port), "127.0.0.1");
+      await once(socket, "connect");
+      const body = '{"value":"v","version":0}';
+      socket.end(`PUT /v1/kv/${key} HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      socket.destroy(); // the whole request sent, then gone before the reply
+    }
+    await sleep(600); // the store finishes both puts
+    const replies = await Promise.all([kv.put("after-1", { value: "v", version: 0 }), kv.put("after-2", { value: "v", version: 0 })]);
+    expect(replies.map((r) => r.status)).toEqual([200, 200]);
+    expect((await kv.request("GET", "/metrics")).body).toMatch(/^kv_http_requests_in_flight 1$/m); // the scrape itself
   });
 
   it("lets a clerk's puts all complete through the refusals, none of them ErrMaybe", async () => {

@@ -39,24 +39,14 @@ export async function eventLoopGuard(app: FastifyInstance, { config, metrics }: 
  */
 export function inFlightLimit(app: FastifyInstance, { config, metrics }: { config: Config; metrics: Metrics }): void {
   let inFlight = 0;
-  const counted = new WeakSet<FastifyRequest>();
-  const done = (request: FastifyRequest) => {
-    if (counted.delete(request)) inFlight--;
-  };
-  app.addHook("onRequest", (request, reply, next) => {
+  app.addHook("onRequest", (_request, reply, next) => {
     if (inFlight >= config.maxInFlight) shed(reply, "in_flight", `overloaded: ${inFlight} requests in flight`, metrics);
     else {
       inFlight++;
-      counted.add(request);
+      // "close" comes once, answered or not: also when the client left while the store worked,
+      // which neither onResponse nor onRequestAbort sees.
+      reply.raw.once("close", () => inFlight--);
     }
-    next();
-  });
-  app.addHook("onResponse", (request, _reply, next) => {
-    done(request);
-    next();
-  });
-  app.addHook("onRequestAbort", (request, next) => {
-    done(request);
     next();
   });
 }

@@ -4,7 +4,7 @@ import type { Config } from "./config";
 
 /** The certificate or key files could not serve HTTPS; the message says which and why, in one line. */
 export class TlsConfigError extends Error {
-  readonly code = "ERR_KV_TLS";
+  readonly code = "ERR_KV_TLS_CONFIG";
   override name = "TlsConfigError";
 }
 
