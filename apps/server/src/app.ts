@@ -41,6 +41,8 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
     headersTimeout: config.headersTimeoutMs,
     connectionsCheckingInterval: Math.max(100, Math.min(1_000, config.headersTimeoutMs / 4)),
   };
+  const processId = randomUUID().slice(0, 8); // tells this process's request ids from another's
+  let requests = 0;
   const answering = new WeakMap<object, Set<IncomingMessage>>(); // connection → its requests not yet answered
   const pendingRefusals = new WeakMap<object, string>(); // connection → a raw refusal to send once they are
   const hasWholeRequestsInFlight = (socket: object) => [...(answering.get(socket) ?? [])].some((message) => message.complete);
@@ -50,10 +52,11 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
     requestTimeout: config.requestTimeoutMs,
     keepAliveTimeout: config.keepAliveTimeoutMs,
     logger: { level: config.logLevel, redact: ["req.headers.authorization"] },
-    // A caller's X-Request-Id, when it is a plain short id, names the request in our logs too.
+    // A caller's X-Request-Id, when it is a plain short id, names the request in our logs too
+    // (and is echoed); else a counter, unique in this process, does.
     genReqId: (request) => {
       const given = request.headers["x-request-id"];
-      return typeof given === "string" && REQUEST_ID.test(given) ? given : randomUUID();
+      return typeof given === "string" && REQUEST_ID.test(given) ? given : `${processId}-${++requests}`;
     },
     // One log line per request would cost more than the request on this hot path: at info and
     // above only errors and lifecycle events are logged; at debug and trace, every request too.
@@ -151,25 +154,33 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   });
   app.addHook("onSend", (request, reply, payload, done) => {
     if (isClosing) reply.header("connection", "close");
-    reply.header("x-request-id", request.id);
+    if (request.headers["x-request-id"] === request.id) reply.header("x-request-id", request.id);
     done(null, payload);
   });
   app.addHook("onClose", () => store.close());
-  countRequests(app, metrics);
+  // Every request, from arrival until its reply's "close" — which comes once, answered or
+  // abandoned (a client that left while the store worked): the in-flight gauge, and the
+  // requests a connection still owes replies to (see clientErrorHandler).
   app.addHook("onRequest", (request, reply, done) => {
+    metrics.inFlight.inc();
     const { socket } = request.raw;
-    const inFlight = answering.get(socket) ?? new Set<IncomingMessage>();
-    answering.set(socket, inFlight.add(request.raw));
+    const owed = answering.get(socket) ?? new Set<IncomingMessage>();
+    answering.set(socket, owed.add(request.raw));
     reply.raw.once("close", () => {
-      inFlight.delete(request.raw);
+      metrics.inFlight.dec();
+      owed.delete(request.raw);
       const refusal = pendingRefusals.get(socket);
       if (refusal !== undefined && !hasWholeRequestsInFlight(socket)) socket.end(refusal);
     });
     done();
   });
+  app.addHook("onResponse", (request, reply, done) => {
+    metrics.answered(request.routeOptions.url ?? "unmatched", request.method, reply.statusCode, reply.elapsedTime / 1000);
+    done();
+  });
   app.server.maxConnections = config.maxConnections;
 
-  await eventLoopGuard(app, { config, metrics });
+  eventLoopGuard(app, { config, metrics });
   await app.register(healthRoutes, { store });
   await app.register(kvRoutes, { prefix: "/v1", server: new KVServer(store), config, metrics });
   app.get("/openapi.json", { schema: { hide: true } }, () => app.swagger());
@@ -181,21 +192,6 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
 
   await app.ready();
   return app;
-}
-
-/** Counts every request into `metrics`: answered by route, method and status, timed, and in flight. */
-function countRequests(app: FastifyInstance, metrics: Metrics): void {
-  app.addHook("onRequest", (_request, reply, done) => {
-    metrics.inFlight.inc();
-    reply.raw.once("close", () => metrics.inFlight.dec()); // once, answered or abandoned
-    done();
-  });
-  app.addHook("onResponse", (request, reply, done) => {
-    const labels = { route: request.routeOptions.url ?? "unmatched", method: request.method, status: String(reply.statusCode) };
-    metrics.requests.inc(labels);
-    metrics.requestDuration.observe(labels, reply.elapsedTime / 1000);
-    done();
-  });
 }
 
 /** `memory`, `lmdb`, `etcd`: the store's kind, for metric labels, from its class name. */

@@ -1,6 +1,9 @@
 import type { PutIfVersionResult, Store, StoredEntry } from "@kv/server";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 
+type CounterSeries = ReturnType<Counter["labels"]>;
+type HistogramSeries = ReturnType<Histogram["labels"]>;
+
 /** Latency buckets in seconds: from a memory-store put (~0.1 ms) to an etcd election (~2 s). */
 const LATENCY_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
@@ -47,8 +50,36 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  // prom-client hashes a label set on every call; a request's few label sets are looked up once.
+  readonly #answered = new Map<string, { count: CounterSeries; duration: HistogramSeries }>();
+  readonly #storeCalls = new Map<string, HistogramSeries>();
+
   constructor() {
     collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Counts one answered request and how long it took. */
+  answered(route: string, method: string, status: number, seconds: number): void {
+    const key = `${route} ${method} ${status}`;
+    let series = this.#answered.get(key);
+    if (series === undefined) {
+      const labels = { route, method, status: String(status) };
+      series = { count: this.requests.labels(labels), duration: this.requestDuration.labels(labels) };
+      this.#answered.set(key, series);
+    }
+    series.count.inc();
+    series.duration.observe(seconds);
+  }
+
+  /** Times one store call. */
+  storeCall(store: string, operation: string, outcome: string, seconds: number): void {
+    const key = `${operation} ${outcome}`;
+    let series = this.#storeCalls.get(key);
+    if (series === undefined) {
+      series = this.storeDuration.labels({ store, operation, outcome });
+      this.#storeCalls.set(key, series);
+    }
+    series.observe(seconds);
   }
 }
 
@@ -58,13 +89,13 @@ export class Metrics {
  */
 export function measureStore(store: Store, kind: string, metrics: Metrics): Store {
   const time = async <T>(operation: string, call: () => Promise<T>, outcomeOf: (result: T) => string): Promise<T> => {
-    const end = metrics.storeDuration.startTimer({ store: kind, operation });
+    const started = performance.now();
     try {
       const result = await call();
-      end({ outcome: outcomeOf(result) });
+      metrics.storeCall(kind, operation, outcomeOf(result), (performance.now() - started) / 1000);
       return result;
     } catch (err) {
-      end({ outcome: "error" });
+      metrics.storeCall(kind, operation, "error", (performance.now() - started) / 1000);
       throw err;
     }
   };
