@@ -1,0 +1,73 @@
+import { existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+
+/** How long and how hard the suite measures; `--quick` shrinks every figure, never the method. */
+export interface Settings {
+  readonly mode: "full" | "quick";
+  /** Scenario ids to run (`--only S1,S3`); every one when absent. */
+  readonly only: ReadonlySet<string> | undefined;
+  /** Where the JSON results go. */
+  readonly outPath: string;
+  /** Where the full run writes its table (BENCHMARKS.md at the workspace root); undefined: nowhere. */
+  readonly markdownPath: string | undefined;
+  /** Each system, once, before the measured rounds. */
+  readonly warmupMs: number;
+  /** One system's share of a round. */
+  readonly roundMs: number;
+  readonly rounds: number;
+  /** S1, S2, S4, S6, S7: concurrent workers, each one operation at a time. */
+  readonly workers: number;
+  /** Keys of the conditional-put and read workloads, partitioned among the workers. */
+  readonly keys: number;
+  readonly lockContenders: number;
+  /** Acquisitions per contender per round (S5). */
+  readonly lockAcquisitions: number;
+  /** S8: keys of 100-byte values loaded into one server. */
+  readonly memoryKeys: number;
+  /** S8: distinct clients, each one new connection and one put. */
+  readonly memoryClients: number;
+  /** S8: the pause before RSS is read, for the server to finish what the load left (GC). */
+  readonly settleMs: number;
+}
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const PACKAGE_ROOT = resolve(HERE, "..");
+
+/** The workspace root: the first directory above this package with `pnpm-workspace.yaml`. */
+function workspaceRoot(): string {
+  for (let dir = PACKAGE_ROOT; dirname(dir) !== dir; dir = dirname(dir)) {
+    if (existsSync(join(dir, "pnpm-workspace.yaml"))) return dir;
+  }
+  throw new Error(`no pnpm-workspace.yaml above ${PACKAGE_ROOT}`);
+}
+
+/**
+ * Reads `--quick`, `--out <file>` and `--only <S1,S2…>` (a `--` that pnpm or turbo passes on is
+ * skipped). Throws a `TypeError` naming an unknown flag. Only a full run of every scenario
+ * writes BENCHMARKS.md: a partial or quick table must not replace the published one.
+ */
+export function parseSettings(argv: readonly string[]): Settings {
+  const { values } = parseArgs({
+    args: argv.filter((a) => a !== "--"),
+    options: { quick: { type: "boolean", default: false }, out: { type: "string" }, only: { type: "string" } },
+  });
+  const quick = values.quick === true;
+  const only = values.only === undefined ? undefined : new Set(values.only.split(",").map((s) => s.trim().toUpperCase()));
+  const defaultOut = join(PACKAGE_ROOT, "results", quick ? "latest-quick.json" : "latest.json");
+  const shape = quick
+    ? { warmupMs: 500, roundMs: 300, rounds: 2, lockAcquisitions: 10, memoryKeys: 20_000, memoryClients: 2_000, settleMs: 500 }
+    : { warmupMs: 2_000, roundMs: 3_000, rounds: 5, lockAcquisitions: 100, memoryKeys: 1_000_000, memoryClients: 100_000, settleMs: 2_000 };
+  return {
+    mode: quick ? "quick" : "full",
+    only,
+    // pnpm runs scripts in the package's folder; INIT_CWD is where the command was typed.
+    outPath: values.out === undefined ? defaultOut : resolve(process.env.INIT_CWD ?? process.cwd(), values.out),
+    markdownPath: quick || only !== undefined ? undefined : join(workspaceRoot(), "BENCHMARKS.md"),
+    workers: 64,
+    keys: 1_000,
+    lockContenders: 8,
+    ...shape,
+  };
+}
