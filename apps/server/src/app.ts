@@ -9,7 +9,7 @@ import Fastify, { type FastifyError, type FastifyInstance, LogController } from 
 import { bearerTokenCheck } from "./auth";
 import type { Config } from "./config";
 import { Metrics, measureStore } from "./metrics";
-import { eventLoopGuard } from "./overload";
+import { LoadShedder } from "./overload";
 import { refuse } from "./replies";
 import { healthRoutes } from "./routes/health";
 import { kvRoutes } from "./routes/kv";
@@ -148,39 +148,42 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   app.addHook("preClose", async () => {
     isClosing = true;
   });
-  app.addHook("onRequest", (_request, reply, done) => {
-    if (isClosing) refuse(reply, "ErrUnavailable", "the server is shutting down");
-    done();
-  });
   app.addHook("onSend", (request, reply, payload, done) => {
     if (isClosing) reply.header("connection", "close");
     if (request.headers["x-request-id"] === request.id) reply.header("x-request-id", request.id);
     done(null, payload);
   });
-  app.addHook("onClose", () => store.close());
-  // Every request, from arrival until its reply's "close" — which comes once, answered or
-  // abandoned (a client that left while the store worked): the in-flight gauge, and the
-  // requests a connection still owes replies to (see clientErrorHandler).
+  const shedder = new LoadShedder(config, metrics);
+  app.addHook("onClose", () => {
+    shedder.close();
+    return store.close();
+  });
+  // One hook for every request, on this hot path. It counts the request in — in flight, and
+  // owed a reply on its connection (see clientErrorHandler) — and one "close" listener counts
+  // it out: "close" comes once, answered or abandoned (a client that left while the store
+  // worked sees neither onResponse nor onRequestAbort). Then, before the store is touched:
+  // refused while closing, or shed when overloaded.
   app.addHook("onRequest", (request, reply, done) => {
-    metrics.inFlight.inc();
+    const route = request.routeOptions.url ?? "unmatched";
     const { socket } = request.raw;
     const owed = answering.get(socket) ?? new Set<IncomingMessage>();
     answering.set(socket, owed.add(request.raw));
-    reply.raw.once("close", () => {
+    metrics.inFlight.inc();
+    let isLetIn = false;
+    reply.raw.on("close", () => {
       metrics.inFlight.dec();
+      if (isLetIn) shedder.leave();
+      if (reply.raw.writableFinished) metrics.answered(route, request.method, reply.raw.statusCode, reply.elapsedTime / 1000);
       owed.delete(request.raw);
       const refusal = pendingRefusals.get(socket);
       if (refusal !== undefined && !hasWholeRequestsInFlight(socket)) socket.end(refusal);
     });
-    done();
-  });
-  app.addHook("onResponse", (request, reply, done) => {
-    metrics.answered(request.routeOptions.url ?? "unmatched", request.method, reply.statusCode, reply.elapsedTime / 1000);
+    if (isClosing) refuse(reply, "ErrUnavailable", "the server is shutting down");
+    else isLetIn = shedder.enter(request.url, reply) && request.url.startsWith("/v1/");
     done();
   });
   app.server.maxConnections = config.maxConnections;
 
-  eventLoopGuard(app, { config, metrics });
   await app.register(healthRoutes, { store });
   await app.register(kvRoutes, { prefix: "/v1", server: new KVServer(store), config, metrics });
   app.get("/openapi.json", { schema: { hide: true } }, () => app.swagger());

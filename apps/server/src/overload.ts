@@ -1,5 +1,5 @@
 import { monitorEventLoopDelay } from "node:perf_hooks";
-import type { FastifyInstance, FastifyReply } from "fastify";
+import type { FastifyReply } from "fastify";
 import type { Config } from "./config";
 import type { Metrics } from "./metrics";
 import { refuse } from "./replies";
@@ -10,54 +10,66 @@ const RETRY_AFTER_SECONDS = 1;
 const SAMPLE_INTERVAL_MS = 250;
 const MONITOR_RESOLUTION_MS = 10;
 
-/** Refuses a request as overloaded, before it reaches the store: a clerk may retry it without ambiguity. */
-function shed(reply: FastifyReply, reason: "in_flight" | "event_loop_delay", message: string, metrics: Metrics): void {
-  metrics.overloadRejections.inc({ reason });
-  refuse(reply.header("retry-after", String(RETRY_AFTER_SECONDS)), "ErrUnavailable", message);
-}
-
 /**
- * Load shedding for the whole app: while the event loop lags past `maxEventLoopDelayMs` — the
- * mean delay over the last 250 ms, measured by Node's own monitor — `/v1` requests and
- * `/readyz` are refused 503 with `Retry-After`; `/healthz` and `/metrics` stay open, to watch it
- * recover. The hook only compares two numbers: the measuring happens off the request path.
+ * Load shedding: requests refused 503 with `Retry-After`, before they reach the store, so a
+ * clerk may retry them without ambiguity — while the event loop lags past
+ * `maxEventLoopDelayMs` (the mean delay over the last 250 ms, from Node's own monitor: the
+ * measuring happens off the request path), and past `maxInFlight` `/v1` requests at once.
  */
-export function eventLoopGuard(app: FastifyInstance, { config, metrics }: { config: Config; metrics: Metrics }): void {
-  if (config.maxEventLoopDelayMs === 0) return;
-  const histogram = monitorEventLoopDelay({ resolution: MONITOR_RESOLUTION_MS });
-  histogram.enable();
-  let lagMs = 0;
-  const sampler = setInterval(() => {
-    lagMs = Math.max(0, histogram.mean / 1e6 - MONITOR_RESOLUTION_MS);
-    histogram.reset();
-  }, SAMPLE_INTERVAL_MS).unref();
-  app.addHook("onClose", (_app, done) => {
-    clearInterval(sampler);
-    histogram.disable();
-    done();
-  });
-  app.addHook("onRequest", (request, reply, done) => {
-    if (lagMs > config.maxEventLoopDelayMs && (request.url.startsWith("/v1/") || request.url === "/readyz")) {
-      shed(reply, "event_loop_delay", `overloaded: the event loop lags ${Math.round(lagMs)} ms`, metrics);
-    }
-    done();
-  });
-}
+export class LoadShedder {
+  readonly #config: Config;
+  readonly #metrics: Metrics;
+  readonly #monitor: ReturnType<typeof monitorEventLoopDelay> | undefined;
+  readonly #sampler: NodeJS.Timeout | undefined;
+  #lagMs = 0;
+  #inFlight = 0;
 
-/**
- * A cap on `/v1` requests being handled at once: past `maxInFlight`, a request is refused 503
- * with `Retry-After` before it is read further. Register inside the `/v1` plugin.
- */
-export function inFlightLimit(app: FastifyInstance, { config, metrics }: { config: Config; metrics: Metrics }): void {
-  let inFlight = 0;
-  app.addHook("onRequest", (_request, reply, next) => {
-    if (inFlight >= config.maxInFlight) shed(reply, "in_flight", `overloaded: ${inFlight} requests in flight`, metrics);
-    else {
-      inFlight++;
-      // "close" comes once, answered or not: also when the client left while the store worked,
-      // which neither onResponse nor onRequestAbort sees.
-      reply.raw.once("close", () => inFlight--);
+  constructor(config: Config, metrics: Metrics) {
+    this.#config = config;
+    this.#metrics = metrics;
+    if (config.maxEventLoopDelayMs === 0) return;
+    const monitor = monitorEventLoopDelay({ resolution: MONITOR_RESOLUTION_MS });
+    monitor.enable();
+    this.#monitor = monitor;
+    this.#sampler = setInterval(() => {
+      this.#lagMs = Math.max(0, monitor.mean / 1e6 - MONITOR_RESOLUTION_MS);
+      monitor.reset();
+    }, SAMPLE_INTERVAL_MS).unref();
+  }
+
+  /**
+   * Whether a request may go on: refuses it (503) and answers false when the event loop lags
+   * (for `/v1` and `/readyz`) or when `/v1` is full. A `/v1` request let in must be let out
+   * with {@link leave}.
+   */
+  enter(url: string, reply: FastifyReply): boolean {
+    const isV1 = url.startsWith("/v1/");
+    if (this.#lagMs > this.#config.maxEventLoopDelayMs && (isV1 || url === "/readyz")) {
+      this.#shed(reply, "event_loop_delay", `overloaded: the event loop lags ${Math.round(this.#lagMs)} ms`);
+      return false;
     }
-    next();
-  });
+    if (!isV1) return true;
+    if (this.#inFlight >= this.#config.maxInFlight) {
+      this.#shed(reply, "in_flight", `overloaded: ${this.#inFlight} requests in flight`);
+      return false;
+    }
+    this.#inFlight++;
+    return true;
+  }
+
+  /** A `/v1` request let in by {@link enter} is done: answered, or abandoned. */
+  leave(): void {
+    this.#inFlight--;
+  }
+
+  /** Stops measuring. */
+  close(): void {
+    clearInterval(this.#sampler);
+    this.#monitor?.disable();
+  }
+
+  #shed(reply: FastifyReply, reason: "in_flight" | "event_loop_delay", message: string): void {
+    this.#metrics.overloadRejections.inc({ reason });
+    refuse(reply.header("retry-after", String(RETRY_AFTER_SECONDS)), "ErrUnavailable", message);
+  }
 }

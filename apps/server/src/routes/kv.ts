@@ -15,7 +15,6 @@ import type { FastifyInstance, FastifyReply } from "fastify";
 import type { Config } from "../config";
 import { bearerTokenCheck } from "../auth";
 import type { Metrics } from "../metrics";
-import { inFlightLimit } from "../overload";
 import { refuse } from "../replies";
 
 export interface KvRoutesOptions {
@@ -29,12 +28,10 @@ type KeyRequest = { Params: { key: string }; Querystring: Record<string, never> 
 const route = KV_ROUTE.replace(/^\/v1/, "");
 
 /**
- * `/v1/kv/:key` GET and PUT (contract §4), behind the in-flight cap and, when one is
- * configured, the bearer token.
+ * `/v1/kv/:key` GET and PUT (contract §4), behind the bearer token when one is configured
+ * (load shedding, in the app's onRequest hook, comes first).
  */
 export async function kvRoutes(app: FastifyInstance, { server, config, metrics }: KvRoutesOptions): Promise<void> {
-  // Shedding first: a refused request costs no more than it must, and never reaches the store.
-  inFlightLimit(app, { config, metrics });
   if (config.authToken !== undefined) app.addHook("onRequest", bearerTokenCheck(config.authToken));
 
   /** The decoded key, or undefined after refusing the request. */
