@@ -57,7 +57,7 @@ export function parseSettings(argv: readonly string[]): Settings {
   const only = values.only === undefined ? undefined : new Set(values.only.split(",").map((s) => s.trim().toUpperCase()));
   const defaultOut = join(PACKAGE_ROOT, "results", quick ? "latest-quick.json" : "latest.json");
   const shape = quick
-    ? { warmupMs: 500, roundMs: 300, rounds: 2, lockAcquisitions: 10, memoryKeys: 20_000, memoryClients: 2_000, settleMs: 500 }
+    ? { warmupMs: 300, roundMs: 150, rounds: 5, lockAcquisitions: 5, memoryKeys: 20_000, memoryClients: 2_000, settleMs: 500 }
     : { warmupMs: 2_000, roundMs: 3_000, rounds: 5, lockAcquisitions: 100, memoryKeys: 1_000_000, memoryClients: 100_000, settleMs: 2_000 };
   return {
     mode: quick ? "quick" : "full",
