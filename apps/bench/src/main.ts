@@ -5,6 +5,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { s5 } from "./lock-scenario";
+import { s9 } from "./handoff-scenario";
 import { describeMachine } from "./machine";
 import { s8 } from "./memory-scenario";
 import { formatGoals, formatMarkdown, formatScenario } from "./report";
@@ -13,7 +14,7 @@ import { parseSettings, type Settings } from "./settings";
 import { assertInstalled } from "./systems";
 import { s1, s2, s3, s4, s6, s7 } from "./throughput-scenarios";
 
-const SCENARIOS: Record<string, (settings: Settings) => Promise<Omit<ScenarioResult, "seconds">>> = { S1: s1, S2: s2, S3: s3, S4: s4, S5: s5, S6: s6, S7: s7, S8: s8 };
+const SCENARIOS: Record<string, (settings: Settings) => Promise<Omit<ScenarioResult, "seconds">>> = { S1: s1, S2: s2, S3: s3, S4: s4, S5: s5, S6: s6, S7: s7, S8: s8, S9: s9 };
 
 const settings = parseSettings(process.argv.slice(2));
 for (const id of settings.only ?? []) if (!(id in SCENARIOS)) throw new TypeError(`--only: no scenario ${id} (there are ${Object.keys(SCENARIOS).join(", ")})`);

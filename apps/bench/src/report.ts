@@ -1,7 +1,7 @@
 // The run's figures three ways: a plain-text table for stdout, markdown for BENCHMARKS.md, and
 // (in main.ts) the JSON file. All three come from the same ScenarioResult values.
 import type { Machine } from "./machine";
-import { describeGoal, isMet, type Ratio, type ScenarioResult } from "./results";
+import { describeGoal, type Figure, isMet, type Ratio, type ScenarioResult } from "./results";
 import type { Settings } from "./settings";
 
 const opsFormat = new Intl.NumberFormat("en", { maximumFractionDigits: 0 });
@@ -30,7 +30,7 @@ export function formatScenario(s: ScenarioResult): string {
       lines.push(`    ${row(cells, widths)}   ${f.opsPerSecByRound.map(ops).join(" · ")}`);
     }
   }
-  for (const f of s.figures) lines.push(`    ${f.label.padEnd(50)} ${f.unit === "MiB" ? f.value.toFixed(1) : ops(f.value)} ${f.unit}`);
+  for (const f of s.figures) lines.push(`    ${f.label.padEnd(50)} ${figure(f)} ${f.unit}`);
   for (const r of s.ratios) lines.push(`    ${r.label.padEnd(50)} ${ratio(r.value).padStart(7)}   ${verdict(r)}`);
   return lines.join("\n");
 }
@@ -63,7 +63,7 @@ function markdownScenario(s: ScenarioResult): string {
   }
   if (s.figures.length > 0) {
     lines.push("| figure | value |", "|---|--:|");
-    for (const f of s.figures) lines.push(`| ${f.label} | ${f.unit === "MiB" ? f.value.toFixed(1) : ops(f.value)} ${f.unit} |`);
+    for (const f of s.figures) lines.push(`| ${f.label} | ${figure(f)} ${f.unit} |`);
     lines.push("");
   }
   lines.push("| ratio | measured | goal |", "|---|--:|---|");
@@ -148,6 +148,9 @@ It needs \`etcd\` (3.4, Debian's \`etcd-server\`) and \`redis-server\` on PATH:
   \`@kv/lock\` on the LMDB store. etcd3's \`lock(key).acquire()\` is a try-lock (it rejects
   \`EtcdLockFailedError\` while held), so its contenders retry on @kv/lock's own schedule (random
   wait up to 5 ms, doubling to 250 ms).
+- S9: ${settings.handoffContenders} contenders, each with its own client, pass \`@kv/lock\` around (memory store, then LMDB),
+  holding it 10 ms each time; a handoff is the time from a holder calling \`release()\` to the next
+  holder's \`acquire()\` resolving, ${settings.handoffs} handoffs, on the bench process's clock; then the server's CPU while 100 more contenders wait 2 s on a held lock.
 - S8: a kv server on the memory store, run with \`--inspect\` on a loopback port so the suite can
   force a full GC (\`HeapProfiler.collectGarbage\`) before reading RSS (\`VmRSS\`): RSS before a GC
   is mostly garbage not collected yet. After a warm-up, RSS before and after loading the keys
@@ -169,4 +172,9 @@ ${goals.join("\n")}
 
 ${scenarios.map(markdownScenario).join("\n\n")}
 `;
+}
+
+/** MiB and ms with one decimal; counts as whole numbers. */
+function figure(f: Figure): string {
+  return f.unit === "MiB" || f.unit === "ms" ? f.value.toFixed(1) : ops(f.value);
 }

@@ -24,6 +24,9 @@ export interface Settings {
   readonly lockContenders: number;
   /** Acquisitions per contender per round (S5). */
   readonly lockAcquisitions: number;
+  /** S9: contenders passing one lock, and the handoffs measured. */
+  readonly handoffContenders: number;
+  readonly handoffs: number;
   /** S8: keys of 100-byte values loaded into one server. */
   readonly memoryKeys: number;
   /** S8: distinct clients, each one new connection and one put. */
@@ -68,6 +71,8 @@ export function parseSettings(argv: readonly string[]): Settings {
     workers: 64,
     keys: 1_000,
     lockContenders: 8,
+    handoffContenders: 10,
+    handoffs: quick ? 50 : 200,
     ...shape,
   };
 }

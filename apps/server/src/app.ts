@@ -10,6 +10,7 @@ import { bearerTokenCheck } from "./auth";
 import type { Config } from "./config";
 import { Metrics, measureStore } from "./metrics";
 import { LoadShedder } from "./overload";
+import { Waiters } from "./waiters";
 import { refuse } from "./replies";
 import { healthRoutes } from "./routes/health";
 import { kvRoutes } from "./routes/kv";
@@ -145,8 +146,10 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   // before it touches the store, so a clerk may retry it elsewhere without ambiguity. Every
   // reply then ends its connection: a keep-alive socket would hold the process up.
   let isClosing = false;
+  const waiters = new Waiters(config.maxWaiters, metrics);
   app.addHook("preClose", async () => {
     isClosing = true;
+    waiters.endAll(); // long-poll reads answer now, with the state as it is
   });
   app.addHook("onSend", (request, reply, payload, done) => {
     if (isClosing) reply.header("connection", "close");
@@ -179,13 +182,13 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
       if (refusal !== undefined && !hasWholeRequestsInFlight(socket)) socket.end(refusal);
     });
     if (isClosing) refuse(reply, "ErrUnavailable", "the server is shutting down");
-    else isLetIn = shedder.enter(request.url, reply) && request.url.startsWith("/v1/");
+    else isLetIn = shedder.enter(request.method, request.url, reply) && shedder.counts(request.method, request.url);
     done();
   });
   app.server.maxConnections = config.maxConnections;
 
   await app.register(healthRoutes, { store });
-  await app.register(kvRoutes, { prefix: "/v1", server: new KVServer(store), config, metrics });
+  await app.register(kvRoutes, { prefix: "/v1", server: new KVServer(store), config, metrics, waiters });
   app.get("/openapi.json", { schema: { hide: true } }, () => app.swagger());
   app.get("/metrics", {
     schema: { hide: true },

@@ -24,6 +24,7 @@ describe("parseConfig", () => {
       maxValueBytes: 1048576,
       maxConnections: 10_000,
       maxInFlight: 1_024,
+      maxWaiters: 10_000,
       maxEventLoopDelayMs: 1_000,
       headersTimeoutMs: 10_000,
       requestTimeoutMs: 30_000,

@@ -24,6 +24,8 @@ export interface Config {
   readonly maxConnections: number;
   /** `/v1` requests being handled at once at most; more are refused 503 before they reach the store. */
   readonly maxInFlight: number;
+  /** Long-poll reads waiting at once at most; more are refused 503. */
+  readonly maxWaiters: number;
   /** Past this event-loop delay `/v1` requests are refused 503 until it recovers; 0: no limit. */
   readonly maxEventLoopDelayMs: number;
   /** A request's headers must have arrived within this (slow-loris headers). */
@@ -57,6 +59,9 @@ const DEFAULT_ETCD_PREFIX = "kv/";
 const DEFAULT_MAX_CONNECTIONS = 10_000;
 // Past this many requests at once, queueing only adds latency: refuse and let clients back off.
 const DEFAULT_MAX_IN_FLIGHT = 1_024;
+// A waiting read costs a socket, a timer and a little memory, no CPU: many may wait (a lock's
+// waiters, watchers), within the connection cap.
+const DEFAULT_MAX_WAITERS = 10_000;
 // A second of event-loop delay means every request already waits a second: shed load.
 const DEFAULT_MAX_EVENT_LOOP_DELAY_MS = 1_000;
 // A client sends its headers at once; ten seconds is generous, and ends slow-loris connections.
@@ -81,6 +86,7 @@ const SETTINGS = {
   "max-value-bytes": "KV_MAX_VALUE_BYTES",
   "max-connections": "KV_MAX_CONNECTIONS",
   "max-in-flight": "KV_MAX_IN_FLIGHT",
+  "max-waiters": "KV_MAX_WAITERS",
   "max-event-loop-delay-ms": "KV_MAX_EVENT_LOOP_DELAY_MS",
   "headers-timeout-ms": "KV_HEADERS_TIMEOUT_MS",
   "request-timeout-ms": "KV_REQUEST_TIMEOUT_MS",
@@ -143,6 +149,7 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
 
   const maxConnections = integer("max-connections", DEFAULT_MAX_CONNECTIONS, 1, 1_000_000);
   const maxInFlight = integer("max-in-flight", DEFAULT_MAX_IN_FLIGHT, 1, 1_000_000);
+  const maxWaiters = integer("max-waiters", DEFAULT_MAX_WAITERS, 0, 1_000_000);
   const maxEventLoopDelayMs = integer("max-event-loop-delay-ms", DEFAULT_MAX_EVENT_LOOP_DELAY_MS, 0, 60_000);
   const headersTimeoutMs = integer("headers-timeout-ms", DEFAULT_HEADERS_TIMEOUT_MS, 1, 3_600_000);
   const requestTimeoutMs = integer("request-timeout-ms", DEFAULT_REQUEST_TIMEOUT_MS, 1, 3_600_000);
@@ -168,6 +175,7 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
     maxValueBytes,
     maxConnections,
     maxInFlight,
+    maxWaiters,
     maxEventLoopDelayMs,
     headersTimeoutMs,
     requestTimeoutMs,

@@ -43,9 +43,14 @@ export class Metrics {
     help: "Puts answered ErrVersion: the key was at another version",
     registers: [this.registry],
   });
+  readonly waiters = new Gauge({
+    name: "kv_waiters",
+    help: "Long-poll reads waiting now",
+    registers: [this.registry],
+  });
   readonly overloadRejections = new Counter({
     name: "kv_overload_rejections_total",
-    help: "Requests refused 503 before reaching the store, by reason (in_flight, event_loop_delay)",
+    help: "Requests refused 503 before reaching the store, by reason (in_flight, event_loop_delay, waiters)",
     labelNames: ["reason"] as const,
     registers: [this.registry],
   });
@@ -105,7 +110,8 @@ export function measureStore(store: Store, kind: string, metrics: Metrics): Stor
       time("putIfVersion", () => store.putIfVersion(key, value, expectedVersion, putId), (r: PutIfVersionResult) => (r.ok ? "applied" : "refused")),
     close: () => store.close(),
   };
-  const { isReady } = store;
+  const { isReady, watch } = store;
   if (isReady !== undefined) measured.isReady = () => isReady.call(store);
+  if (watch !== undefined) measured.watch = (key, onChange) => watch.call(store, key, onChange);
   return measured;
 }

@@ -39,22 +39,28 @@ export class LoadShedder {
 
   /**
    * Whether a request may go on: refuses it (503) and answers false when the event loop lags
-   * (for `/v1` and `/readyz`) or when `/v1` is full. A `/v1` request let in must be let out
-   * with {@link leave}.
+   * (for `/v1` and `/readyz`) or when `/v1` is full. A `/v1` request let in — any but a
+   * long-poll read — must be let out with {@link leave}; {@link counts} tells which.
    */
-  enter(url: string, reply: FastifyReply): boolean {
+  enter(method: string, url: string, reply: FastifyReply): boolean {
     const isV1 = url.startsWith("/v1/");
     if (this.#lagMs > this.#config.maxEventLoopDelayMs && (isV1 || url === "/readyz")) {
       this.#shed(reply, "event_loop_delay", `overloaded: the event loop lags ${Math.round(this.#lagMs)} ms`);
       return false;
     }
-    if (!isV1) return true;
+    // A long-poll read waits without working: Waiters caps those.
+    if (!this.counts(method, url)) return true;
     if (this.#inFlight >= this.#config.maxInFlight) {
       this.#shed(reply, "in_flight", `overloaded: ${this.#inFlight} requests in flight`);
       return false;
     }
     this.#inFlight++;
     return true;
+  }
+
+  /** Whether `enter` counted a request to `url` in (and `leave` must count it out). */
+  counts(method: string, url: string): boolean {
+    return url.startsWith("/v1/") && !(method === "GET" && url.includes("waitMs="));
   }
 
   /** A `/v1` request let in by {@link enter} is done: answered, or abandoned. */

@@ -129,6 +129,62 @@ describe("Clerk.put outcomes (contract §3)", () => {
   });
 });
 
+describe("Clerk.get long-poll (waitVersion, waitMs)", () => {
+  it("keeps one wait through lost tries: it answers with the put made meanwhile, by its deadline", async () => {
+    const seed = testSeed();
+    const { net, clerks } = simulate(seed, {}, 2);
+    const [waiter, writer] = clerks as [Clerk, Clerk];
+    expect(await writer.put("k", "a", 0)).toMatchObject({ err: "OK" });
+    net.setFaults({ requestLoss: 0.3, replyLoss: 0.3 });
+    net.partition([0]); // the waiter's first tries are lost for sure
+    const start = net.now();
+    const waiting = waiter.get("k", { waitVersion: 1, waitMs: 3_000 });
+    await net.sleep(500);
+    net.heal();
+    await net.sleep(500);
+    const put = await writer.put("k", "b", 1);
+    expect(put.err === "OK" || put.err === "ErrMaybe", `seed ${seed}`).toBe(true);
+    expect(await waiting, `seed ${seed}`).toEqual({ err: "OK", value: "b", version: 2 });
+    // A lost wake-up costs the rest of the wait, never more: a retry waits only for what is left.
+    expect(net.now() - start, `seed ${seed}`).toBeLessThan(3_000 + 2_000);
+    expect(net.stats.partitioned, `seed ${seed}`).toBeGreaterThan(0);
+  });
+
+  it("answers with the state then once waitMs is over, retries included", async () => {
+    const seed = testSeed();
+    const { net, clerks } = simulate(seed, { requestLoss: 0.3, replyLoss: 0.3 }, 1);
+    const clerk = clerks[0] as Clerk;
+    await clerk.put("k", "a", 0);
+    const start = net.now();
+    expect(await clerk.get("k", { waitVersion: 1, waitMs: 2_000 }), `seed ${seed}`).toEqual({ err: "OK", value: "a", version: 1 });
+    expect(net.now() - start, `seed ${seed}`).toBeGreaterThanOrEqual(2_000);
+    expect(net.now() - start, `seed ${seed}`).toBeLessThan(2_000 + 3_000); // one wait, not one per try
+    expect(await clerk.get("absent", { waitVersion: 0, waitMs: 500 })).toEqual({ err: "ErrNoKey" });
+  });
+
+  it("answers at once when the version already differs, and waits for a key to appear with waitVersion 0", async () => {
+    const { net, clerks } = simulate(7, {}, 2);
+    const [waiter, writer] = clerks as [Clerk, Clerk];
+    await writer.put("k", "a", 0);
+    expect(await waiter.get("k", { waitVersion: 0, waitMs: 10_000 })).toEqual({ err: "OK", value: "a", version: 1 });
+    expect(net.now()).toBeLessThan(100);
+    const appearing = waiter.get("new", { waitVersion: 0, waitMs: 10_000 });
+    await net.sleep(1_000);
+    await writer.put("new", "n", 0);
+    expect(await appearing).toEqual({ err: "OK", value: "n", version: 1 });
+    expect(net.now()).toBeLessThan(1_200);
+  });
+
+  it("rejects a wait given by halves or out of range with InvalidArgumentError before anything is sent", async () => {
+    const { net, clerks } = simulate(8, {}, 1);
+    const clerk = clerks[0] as Clerk;
+    for (const options of [{ waitVersion: 1 }, { waitMs: 10 }, { waitVersion: -1, waitMs: 10 }, { waitVersion: 1, waitMs: 60_001 }, { waitVersion: 1.5, waitMs: 10 }]) {
+      await expect(clerk.get("k", options)).rejects.toMatchObject({ name: "InvalidArgumentError", code: "ERR_INVALID_ARG_VALUE" });
+    }
+    expect(net.stats.requests).toBe(0);
+  });
+});
+
 describe("Clerk arguments, aborts and close", () => {
   it("rejects bad arguments with InvalidArgumentError before anything is sent", async () => {
     const { net, clerks } = simulate(4, {}, 1);

@@ -7,6 +7,7 @@ import {
   hasCode,
   InvalidArgumentError,
   KvError,
+  MAX_WAIT_MS,
   type PutResult,
   type Transport,
   type TransportCallOptions,
@@ -37,6 +38,14 @@ export interface ClerkOptions extends Omit<RetryOptions, "clock"> {
 
 export interface CallOptions {
   signal?: AbortSignal;
+}
+
+/** `get`'s options: a signal, and a long-poll — both of `waitVersion` and `waitMs`, or neither. */
+export interface GetOptions extends CallOptions {
+  /** Answer once the key's version differs from this (0: once the key exists)… */
+  waitVersion?: number;
+  /** …or after this many ms (at most 60 000), with the state then. */
+  waitMs?: number;
 }
 
 // Long enough for a durable commit or an etcd leader election; a lost reply costs no more.
@@ -71,13 +80,29 @@ export class Clerk {
   }
 
   /**
-   * The key's value and version, or `ErrNoKey`. Retries until a server answers.
+   * The key's value and version, or `ErrNoKey`. Retries until a server answers. With
+   * `waitVersion` and `waitMs`, a long-poll: the answer comes once the key's version differs
+   * from `waitVersion` (0: once the key exists), or after `waitMs` with the state then.
    * Rejects `InvalidArgumentError` for a bad key, `AbortError` when `signal` aborts, `KvError`
    * for a permanent refusal (`ERR_KV_UNAUTHORIZED`, `ERR_KV_BAD_REQUEST`) or after `close()`.
    */
-  async get(key: string, options: CallOptions = {}): Promise<GetResult> {
+  async get(key: string, options: GetOptions = {}): Promise<GetResult> {
     checkKey(key);
-    return this.#retry(options.signal, (call) => this.#transport.get(key, call));
+    const { waitVersion, waitMs } = options;
+    if (waitVersion === undefined && waitMs === undefined) return this.#retry(options.signal, (call) => this.#transport.get(key, call));
+    if (!Number.isSafeInteger(waitVersion) || (waitVersion as number) < 0) {
+      throw new InvalidArgumentError(`waitVersion must be a safe integer ≥ 0 (with waitMs), got ${String(waitVersion)}`);
+    }
+    if (!Number.isSafeInteger(waitMs) || (waitMs as number) < 0 || (waitMs as number) > MAX_WAIT_MS) {
+      throw new InvalidArgumentError(`waitMs must be an integer from 0 to ${MAX_WAIT_MS} (with waitVersion), got ${String(waitMs)}`);
+    }
+    // One wait however many tries it takes: a retry waits only for what is left of it, and
+    // each try's deadline makes room for the wait.
+    const deadline = this.#clock.now() + (waitMs as number);
+    return this.#retry(options.signal, (call) => {
+      const ms = Math.max(0, Math.ceil(deadline - this.#clock.now()));
+      return this.#transport.get(key, { ...call, timeoutMs: (call.timeoutMs ?? 0) + ms, wait: { version: waitVersion as number, ms } });
+    });
   }
 
   /**

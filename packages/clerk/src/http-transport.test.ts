@@ -73,6 +73,20 @@ describe("createClerk over HTTP", () => {
     expect(results.every((r) => r.err === "OK")).toBe(true);
   });
 
+  it("long-polls: a put through another clerk answers the wait, and a wait that runs out answers the state then", async () => {
+    const waiter = clerkFor([server.url]);
+    const writer = clerkFor([server.url]);
+    await writer.put("http-wait", "a", 0);
+    const started = performance.now();
+    const waiting = waiter.get("http-wait", { waitVersion: 1, waitMs: 20_000 });
+    await new Promise((r) => setTimeout(r, 200));
+    await writer.put("http-wait", "b", 1);
+    expect(await waiting).toEqual({ err: "OK", value: "b", version: 2 });
+    expect(performance.now() - started).toBeLessThan(10_000); // woken by the put, not by the end of the wait
+    expect(await waiter.get("http-wait", { waitVersion: 2, waitMs: 300 })).toEqual({ err: "OK", value: "b", version: 2 });
+    expect(await waiter.get("http-wait-absent", { waitVersion: 0, waitMs: 100 })).toEqual({ err: "ErrNoKey" });
+  });
+
   it("fails over from a dead first endpoint to a live second one", async () => {
     const clerk = clerkFor([`http://127.0.0.1:${await deadPort()}`, server.url]);
     expect(await clerk.put("http-failover", "v", 0)).toEqual({ err: "OK", version: 1 });

@@ -8,6 +8,7 @@ import {
   type Transport,
   type TransportCallOptions,
   UnavailableError,
+  type WaitOptions,
 } from "@kv/rpc";
 import { Pool } from "undici";
 
@@ -57,8 +58,9 @@ export class HttpTransport implements Transport {
     this.#headers = options.token === undefined ? {} : { authorization: `Bearer ${options.token}` };
   }
 
-  async get(key: string, options?: TransportCallOptions): Promise<GetResult> {
-    const reply = await this.#send("GET", key, undefined, options);
+  async get(key: string, options?: TransportCallOptions & { wait?: WaitOptions | undefined }): Promise<GetResult> {
+    const query = options?.wait === undefined ? "" : `?waitVersion=${options.wait.version}&waitMs=${options.wait.ms}`;
+    const reply = await this.#send("GET", key, undefined, options, query);
     const { body } = reply;
     if (reply.status === 200 && body.err === "OK" && typeof body.value === "string" && typeof body.version === "number") {
       return { err: "OK", value: body.value, version: body.version };
@@ -83,7 +85,7 @@ export class HttpTransport implements Transport {
     return this.#closed;
   }
 
-  async #send(method: "GET" | "PUT", key: string, body: string | undefined, options: TransportCallOptions | undefined): Promise<Reply> {
+  async #send(method: "GET" | "PUT", key: string, body: string | undefined, options: TransportCallOptions | undefined, query = ""): Promise<Reply> {
     const signal = options?.signal;
     const timeoutMs = options?.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     if (this.#closed !== undefined) throw new KvError("ERR_KV_CLOSED", "the clerk is closed");
@@ -92,7 +94,7 @@ export class HttpTransport implements Transport {
     try {
       const res = await pool.request({
         method,
-        path: kvPath(key), // sent as is: `.` and `..` are keys, not path steps
+        path: kvPath(key) + query, // sent as is: `.` and `..` are keys, not path steps
         headers: body === undefined ? this.#headers : { ...this.#headers, "content-type": "application/json" },
         body,
         // undici's own timers keep the try's deadline; it closes the socket when they fire.

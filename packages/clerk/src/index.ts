@@ -1,4 +1,4 @@
-export { Clerk, createClerk, type ClerkOptions, type RetryOptions, type CallOptions } from "./clerk";
+export { Clerk, createClerk, type ClerkOptions, type RetryOptions, type CallOptions, type GetOptions } from "./clerk";
 export { HttpTransport, type HttpTransportOptions } from "./http-transport";
 export { systemClock } from "./backoff";
 // So that @kv/clerk alone is enough for a user.

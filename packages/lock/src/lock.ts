@@ -1,15 +1,21 @@
 import { randomUUID } from "node:crypto";
-import { AbortError, type Clerk, type Clock, type GetResult, systemClock } from "@kv/clerk";
+import { AbortError, type Clerk, type Clock, type GetResult, InvalidArgumentError, systemClock } from "@kv/clerk";
 
 /** The value of a lock key nobody holds. */
 export const UNLOCKED = "__unlocked";
 
 export interface LockOptions {
+  /**
+   * Lease: unset, the lock is held until released. Set, the holder renews it every `ttlMs / 3`,
+   * and a waiter takes it over once it has seen the same version of the held key for `ttlMs`.
+   * Every Lock on one key must use the same `ttlMs`.
+   */
+  ttlMs?: number;
   /** Time to wait by (default: real time). Tests pass a simulated clock. */
   clock?: Clock;
 }
 
-/** A hold on the lock, from `acquire` until `release`. */
+/** A hold on the lock, from `acquire` until `release` or a lease lost. */
 export interface Hold {
   /**
    * Fencing token: the lock key's version when this hold began. Strictly greater than every
@@ -17,7 +23,7 @@ export interface Hold {
    * refuse a stale holder.
    */
   readonly token: number;
-  /** Aborts when this hold ends. */
+  /** Aborts when this hold ends: `release`, or a lease that could not be renewed in time (reason: {@link LeaseLostError}). */
   readonly signal: AbortSignal;
 }
 
@@ -27,14 +33,35 @@ export class LockNotHeldError extends Error {
   override name = "LockNotHeldError";
 }
 
-// Waiting for a held lock: exponential from a few ms, capped so a release is noticed soon.
-const WAIT_BASE_MS = 5;
-const WAIT_MAX_MS = 250;
+/** A hold's signal's reason when its lease ended: not renewed in time, or taken over. */
+export class LeaseLostError extends Error {
+  readonly code = "ERR_LOCK_LEASE_LOST";
+  override name = "LeaseLostError";
+}
+
+// A waiter's long-poll is this long at most: a wake-up lost on the network costs no more.
+const MAX_WAIT_MS = 10_000;
+// A holder gives its lease up at 90 % of ttlMs on its own clock: safe while no waiter's clock
+// runs more than 10 % faster than the holder's (see the README's argument).
+const LEASE_SHARE = 0.9;
+
+interface HoldState {
+  readonly token: number;
+  /** The key's version as this holder last wrote it. */
+  version: number;
+  /** On the holder's clock: the lease is not proven past this. */
+  expiresAt: number;
+  readonly ended: AbortController;
+  renewing: AbortController;
+}
+
+type Seen = Extract<GetResult, { err: "OK" }>;
 
 /**
  * A lock on one kv key (contract §3), by test-and-set: the key holds `__unlocked` or the
- * holder's id, and every change is a conditional put. Safe without synchronised clocks:
- * nothing here depends on time but the waiting.
+ * holder's id, and every change is a conditional put. Waiters wait on the server (long-poll).
+ * With a lease (`ttlMs`), a holder that stops renewing loses the key to a waiter; no clock
+ * synchronisation is assumed, only clocks that run at about the same rate.
  */
 export class Lock {
   /** This Lock's identity, written into the key while it holds it. */
@@ -42,94 +69,186 @@ export class Lock {
   readonly #clerk: Clerk;
   readonly #key: string;
   readonly #clock: Clock;
-  #hold: { token: number; controller: AbortController } | undefined;
+  readonly #ttlMs: number | undefined;
+  #hold: HoldState | undefined;
 
   constructor(clerk: Clerk, key: string, options: LockOptions = {}) {
+    const { ttlMs } = options;
+    if (ttlMs !== undefined && (!Number.isSafeInteger(ttlMs) || ttlMs < 3)) {
+      throw new InvalidArgumentError(`ttlMs must be an integer ≥ 3, got ${String(ttlMs)}`);
+    }
     this.#clerk = clerk;
     this.#key = key;
     this.#clock = options.clock ?? systemClock;
+    this.#ttlMs = ttlMs;
   }
 
   /**
    * Resolves with a {@link Hold} once this Lock holds the key; at once when it already does.
-   * Waits with backoff while another holds it. Rejects `AbortError` when `signal` aborts, and
+   * While another holds it, waits on the server for the key to change (and, with a lease, takes
+   * it over once it has not changed for `ttlMs`). Rejects `AbortError` when `signal` aborts, and
    * as the clerk rejects (`KvError`) on a permanent failure.
    */
   async acquire(options: { signal?: AbortSignal } = {}): Promise<Hold> {
     const { signal } = options;
-    for (let attempt = 0; ; attempt++) {
-      if (this.#hold !== undefined) return this.#holdOf(this.#hold);
+    const call = signal === undefined ? {} : { signal };
+    if (this.#hold !== undefined) return holdOf(this.#hold);
+    let seen = await this.#read(signal);
+    // Since when (on this clock) the key has been at this version under another holder.
+    let unchanged: { version: number; since: number } | undefined;
+    while (true) {
+      if (this.#hold !== undefined) return holdOf(this.#hold);
       if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
-      const seen = await this.#read(signal);
-      // An earlier ErrMaybe landed, or an aborted acquire of this Lock did.
-      if (seen.value === this.id) return this.#begin(seen.version);
-      if (seen.value === UNLOCKED) {
-        const r = await this.#clerk.put(this.#key, this.id, seen.version, { signal });
-        switch (r.err) {
-          case "OK":
-            return this.#begin(r.version);
-          case "ErrVersion": // someone else moved first
-          case "ErrNoKey": // unreachable: lock keys are never deleted
-            break;
-          case "ErrMaybe": {
-            // Our try may have landed: only a fresh read can tell; the next round does it at once.
-            continue;
-          }
+      if (seen.value !== this.id && seen.value !== UNLOCKED) {
+        if (unchanged?.version !== seen.version) unchanged = { version: seen.version, since: this.#clock.now() };
+        const heldFor = this.#clock.now() - unchanged.since;
+        if (this.#ttlMs === undefined || heldFor <= this.#ttlMs) {
+          const waitMs = this.#ttlMs === undefined ? MAX_WAIT_MS : Math.min(MAX_WAIT_MS, Math.ceil(this.#ttlMs - heldFor) + 1);
+          seen = await this.#read(signal, { waitVersion: seen.version, waitMs });
+          continue;
         }
+        // Held, and not renewed for ttlMs: its holder's signal has aborted. Take it over.
       }
-      try {
-        await this.#clock.sleep(Math.random() * Math.min(WAIT_MAX_MS, WAIT_BASE_MS * 2 ** attempt), signal);
-      } catch {
-        throw new AbortError(undefined, { cause: signal?.reason });
-      }
+      if (seen.value === this.id && this.#ttlMs === undefined) return this.#begin(seen.version, 0);
+      // Free, expired, or ours from a try whose reply was lost: a lease starts only at a put
+      // of ours that answered OK — nobody saw the key at that version before the put began.
+      const startedAt = this.#clock.now();
+      const r = await this.#clerk.put(this.#key, this.id, seen.version, call);
+      if (r.err === "OK") return this.#begin(r.version, startedAt);
+      // ErrVersion: someone moved first. ErrMaybe: ours may have landed. Either way, look.
+      seen = await this.#read(signal);
     }
   }
 
   /**
    * Gives the lock up: swaps the key back to `__unlocked`, and ends the hold (its signal
    * aborts). A Lock holds the key whenever the key holds its id, so this also gives up a hold
-   * that an aborted `acquire` left behind. Rejects `LockNotHeldError` (`ERR_LOCK_NOT_HELD`),
-   * changing nothing, when the key does not hold this Lock's id; rejects as the clerk rejects
-   * (`KvError`) on a permanent failure, and then the hold goes on.
+   * that an aborted `acquire`, or a renewal landing after its lease was lost, left behind.
+   * Rejects `LockNotHeldError` (`ERR_LOCK_NOT_HELD`), changing nothing, when the key does not
+   * hold this Lock's id; rejects as the clerk rejects (`KvError`) on a permanent failure, and
+   * then the hold goes on.
    */
   async release(): Promise<void> {
-    let isOurs = this.#hold !== undefined;
-    while (true) {
-      const seen = await this.#clerk.get(this.#key);
-      if (seen.err !== "OK" || seen.value !== this.id) {
-        if (!isOurs) throw new LockNotHeldError(`lock ${JSON.stringify(this.#key)} is not held by ${this.id}`);
-        // Not ours any more: a try of ours whose reply was lost released it (only the holder
-        // writes the key), and others may have come and gone since.
-        break;
-      }
-      isOurs = true;
-      const r = await this.#clerk.put(this.#key, UNLOCKED, seen.version);
-      if (r.err === "OK") break;
-      // ErrVersion, ErrMaybe: read again to learn where the key stands.
-    }
     const hold = this.#hold;
-    this.#hold = undefined;
-    hold?.controller.abort(new LockNotHeldError("the hold ended"));
+    hold?.renewing.abort(); // a renewal in flight may still land: the loop below sees it
+    let isOurs = hold !== undefined;
+    try {
+      // The holder knows the version it wrote last: one put, no read, unless it moved on.
+      if (hold !== undefined && (await this.#clerk.put(this.#key, UNLOCKED, hold.version)).err === "OK") return this.#end(hold, new LockNotHeldError("the hold ended"));
+      while (true) {
+        const seen = await this.#clerk.get(this.#key);
+        if (seen.err !== "OK" || seen.value !== this.id) {
+          if (!isOurs) throw new LockNotHeldError(`lock ${JSON.stringify(this.#key)} is not held by ${this.id}`);
+          // Not ours any more: a try of ours whose reply was lost released it (only the holder
+          // writes the key), or a waiter took an expired lease over.
+          break;
+        }
+        isOurs = true;
+        const r = await this.#clerk.put(this.#key, UNLOCKED, seen.version);
+        if (r.err === "OK") break;
+        // ErrVersion, ErrMaybe: read again to learn where the key stands.
+      }
+    } catch (err) {
+      if (hold !== undefined && this.#hold === hold) this.#keepRenewing(hold);
+      throw err;
+    }
+    if (hold !== undefined) this.#end(hold, new LockNotHeldError("the hold ended"));
   }
 
-  /** The key as it is now, created `__unlocked` if it does not exist yet. */
-  async #read(signal: AbortSignal | undefined): Promise<Extract<GetResult, { err: "OK" }>> {
+  /** The key as it is now (with `wait`, once it changed or the wait is over), created `__unlocked` if absent. */
+  async #read(signal: AbortSignal | undefined, wait?: { waitVersion: number; waitMs: number }): Promise<Seen> {
     while (true) {
-      const seen = await this.#clerk.get(this.#key, signal === undefined ? {} : { signal });
+      const seen = await this.#clerk.get(this.#key, { ...wait, ...(signal === undefined ? {} : { signal }) });
       if (seen.err === "OK") return seen;
       // First use: create it. ErrVersion or ErrMaybe mean it exists now (or may): read again.
       await this.#clerk.put(this.#key, UNLOCKED, 0, signal === undefined ? {} : { signal });
+      wait = undefined;
     }
   }
 
-  #begin(token: number): Hold {
-    this.#hold ??= { token, controller: new AbortController() }; // two acquires of one Lock share a hold
-    return this.#holdOf(this.#hold);
+  #begin(version: number, startedAt: number): Hold {
+    const expiresAt = this.#ttlMs === undefined ? Number.POSITIVE_INFINITY : startedAt + this.#ttlMs * LEASE_SHARE;
+    const current = this.#hold;
+    if (current !== undefined) {
+      // Two acquires of one Lock share a hold; the later put moved the key on.
+      current.version = Math.max(current.version, version);
+      current.expiresAt = Math.max(current.expiresAt, expiresAt);
+      return holdOf(current);
+    }
+    const hold: HoldState = {
+      token: version,
+      version,
+      expiresAt,
+      ended: new AbortController(),
+      renewing: new AbortController(),
+    };
+    this.#hold = hold;
+    if (this.#ttlMs !== undefined) {
+      this.#keepRenewing(hold);
+      void this.#expireUnlessRenewed(hold);
+    }
+    return holdOf(hold);
   }
 
-  #holdOf(hold: { token: number; controller: AbortController }): Hold {
-    return { token: hold.token, signal: hold.controller.signal };
+  #end(hold: HoldState, reason: Error): void {
+    if (this.#hold === hold) this.#hold = undefined;
+    hold.renewing.abort();
+    hold.ended.abort(reason);
   }
+
+  /** Ends the hold once its lease is no longer proven: before any waiter may take it over. */
+  async #expireUnlessRenewed(hold: HoldState): Promise<void> {
+    while (!hold.ended.signal.aborted) {
+      const left = hold.expiresAt - this.#clock.now();
+      if (left <= 0) return this.#end(hold, new LeaseLostError(`the lease on ${JSON.stringify(this.#key)} was not renewed within ${this.#ttlMs} ms`));
+      try {
+        await this.#clock.sleep(left, hold.ended.signal);
+      } catch {
+        return; // the hold ended otherwise
+      }
+    }
+  }
+
+  #keepRenewing(hold: HoldState): void {
+    const renewing = new AbortController();
+    hold.renewing.abort();
+    hold.renewing = renewing;
+    this.#renew(hold, renewing.signal).catch((err: unknown) => {
+      if (!renewing.signal.aborted) this.#end(hold, new LeaseLostError("the lease could not be renewed", { cause: err }));
+    });
+  }
+
+  /** Every ttlMs/3, re-puts this Lock's id at the version it wrote last; each OK extends the lease. */
+  async #renew(hold: HoldState, signal: AbortSignal): Promise<void> {
+    const ttlMs = this.#ttlMs as number;
+    let isDue = false;
+    while (!signal.aborted) {
+      if (!isDue) await this.#clock.sleep(ttlMs / 3, signal);
+      isDue = false;
+      const startedAt = this.#clock.now();
+      const r = await this.#clerk.put(this.#key, this.id, hold.version, { signal });
+      if (signal.aborted) return;
+      if (r.err === "OK") {
+        hold.version = r.version;
+        hold.expiresAt = Math.max(hold.expiresAt, startedAt + ttlMs * LEASE_SHARE);
+        continue;
+      }
+      if (r.err === "ErrMaybe") {
+        const seen = await this.#clerk.get(this.#key, { signal });
+        if (seen.err === "OK" && seen.value === this.id) {
+          // Ours, at a version we may not know of: renew again at once, at the version seen.
+          hold.version = seen.version;
+          isDue = true;
+          continue;
+        }
+      }
+      return this.#end(hold, new LeaseLostError(`the lock ${JSON.stringify(this.#key)} was taken over`));
+    }
+  }
+}
+
+function holdOf(hold: HoldState): Hold {
+  return { token: hold.token, signal: hold.ended.signal };
 }
 
 /** A lock on `key` through `clerk`. */

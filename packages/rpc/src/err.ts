@@ -22,3 +22,6 @@ export const MAX_VERSION = Number.MAX_SAFE_INTEGER;
 
 /** Put ids are 1–64 characters (contract §2). */
 export const MAX_PUT_ID_LENGTH = 64;
+
+/** The longest a long-poll read may wait (contract §4). */
+export const MAX_WAIT_MS = 60_000;

@@ -1,4 +1,4 @@
-export { Err, type GetResult, type PutResult, MAX_VERSION, MAX_PUT_ID_LENGTH } from "./err";
+export { Err, type GetResult, type PutResult, MAX_VERSION, MAX_PUT_ID_LENGTH, MAX_WAIT_MS } from "./err";
 export { KvError, type KvErrorCode, NetworkError, UnavailableError, AbortError, InvalidArgumentError, hasCode } from "./errors";
 export type { Clock } from "./clock";
 export {
@@ -12,4 +12,4 @@ export {
   ErrorReply,
 } from "./schemas";
 export { KV_ROUTE, KV_PREFIX, kvPath, statusByErr, type ReplyErr } from "./http";
-export type { Transport, PutRequest, TransportCallOptions } from "./transport";
+export type { Transport, PutRequest, TransportCallOptions, WaitOptions } from "./transport";

@@ -1,5 +1,5 @@
 import { type Static, Type } from "@sinclair/typebox";
-import { MAX_PUT_ID_LENGTH, MAX_VERSION } from "./err";
+import { MAX_PUT_ID_LENGTH, MAX_VERSION, MAX_WAIT_MS } from "./err";
 
 // Every object schema is closed: the protocol has no optional extras to ignore (contract §4).
 const closed = { additionalProperties: false } as const;
@@ -26,8 +26,22 @@ export type PutBody = Static<typeof PutBody>;
 /** The `:key` path parameter: one percent-encoded path segment. */
 export const KeyParams = Type.Object({ key: Type.String({ description: "the key, percent-encoded" }) }, closed);
 
-/** `GET /v1/kv/:key` takes no query parameters yet. */
-export const GetQuery = Type.Object({}, closed);
+// Query parameters arrive as text, and the protocol does not coerce: digits only, checked again as numbers.
+const digits = (description: string) => Type.String({ pattern: "^(0|[1-9][0-9]{0,15})$", description });
+
+/**
+ * `GET /v1/kv/:key` query: both or neither of `waitVersion` and `waitMs` — a long-poll that is
+ * answered once the key's version differs from `waitVersion` (0: once it exists), or after
+ * `waitMs` (at most 60 000) with the current state.
+ */
+export const GetQuery = Type.Object(
+  {
+    waitVersion: Type.Optional(digits("answer once the key's version differs from this (0: once the key exists)")),
+    waitMs: Type.Optional(digits(`answer after this many ms at the latest (0–${MAX_WAIT_MS})`)),
+  },
+  closed,
+);
+export type GetQuery = Static<typeof GetQuery>;
 
 export const GetOkReply = Type.Object({ err: Type.Literal("OK"), value: Type.String(), version: version("the key's version") }, closed);
 export const PutOkReply = Type.Object({ err: Type.Literal("OK"), version: version("the key's new version") }, closed);

@@ -15,13 +15,19 @@ export interface TransportCallOptions {
   timeoutMs?: number | undefined;
 }
 
+/** A long-poll read: answered once the key's version differs from `version` (0: once it exists), or after `ms`. */
+export interface WaitOptions {
+  version: number;
+  ms: number;
+}
+
 /**
  * One try of one call to a kv server. A Transport never retries: the Clerk above it owns
  * retries, because only it knows when an outcome became ambiguous.
  */
 export interface Transport {
-  /** The server's answer; rejects `NetworkError` when no reply came. */
-  get(key: string, options?: TransportCallOptions): Promise<GetResult>;
+  /** The server's answer — with `wait`, once the key changed or the wait is over; rejects `NetworkError` when no reply came. */
+  get(key: string, options?: TransportCallOptions & { wait?: WaitOptions | undefined }): Promise<GetResult>;
   /**
    * The server's answer (`OK`, `ErrNoKey` or `ErrVersion`); rejects `NetworkError` when no
    * reply came, so the put may or may not have been applied.

@@ -1,5 +1,8 @@
-import { type GetResult, InvalidArgumentError, MAX_PUT_ID_LENGTH, MAX_VERSION } from "@kv/rpc";
+import { type GetResult, InvalidArgumentError, MAX_PUT_ID_LENGTH, MAX_VERSION, MAX_WAIT_MS, type WaitOptions } from "@kv/rpc";
 import type { Store } from "./store";
+
+// A store that cannot say when a key changes is read again this often while someone waits.
+const POLL_INTERVAL_MS = 50;
 
 /** A put's answer from the server itself: never `ErrMaybe`, which only a clerk can conclude. */
 export type ServerPutResult = { err: "OK"; version: number } | { err: "ErrVersion" | "ErrNoKey" };
@@ -16,13 +19,50 @@ export class KVServer {
   }
 
   /**
-   * The key's value and version, or `ErrNoKey`.
-   * Rejects `InvalidArgumentError` for a key that is not a non-empty string.
+   * The key's value and version, or `ErrNoKey`. With `wait`, a long-poll: answered as soon as
+   * the key's version differs from `wait.version` (0: once the key exists) — at once if it
+   * already does — or after `wait.ms`, or when `signal` aborts, with the state then.
+   * Rejects `InvalidArgumentError` for a key that is not a non-empty string, or a bad wait.
    */
-  async get(key: string): Promise<GetResult> {
+  async get(key: string, wait?: WaitOptions, signal?: AbortSignal): Promise<GetResult> {
     assertKey(key);
+    if (wait === undefined) return this.#read(key);
+    if (!Number.isSafeInteger(wait.version) || wait.version < 0) throw new InvalidArgumentError(`waitVersion must be a safe integer ≥ 0, got ${String(wait.version)}`);
+    if (!Number.isSafeInteger(wait.ms) || wait.ms < 0 || wait.ms > MAX_WAIT_MS) throw new InvalidArgumentError(`waitMs must be an integer from 0 to ${MAX_WAIT_MS}, got ${String(wait.ms)}`);
+    return this.#waitForChange(key, wait, signal);
+  }
+
+  async #read(key: string): Promise<GetResult> {
     const entry = await this.#store.get(key);
     return entry === undefined ? { err: "ErrNoKey" } : { err: "OK", value: entry.value, version: entry.version };
+  }
+
+  async #waitForChange(key: string, wait: WaitOptions, signal: AbortSignal | undefined): Promise<GetResult> {
+    // Subscribed before the first read: a write between the read and the wait still wakes it.
+    let wake = () => {};
+    const woken = () => wake();
+    const unwatch = this.#store.watch?.(key, woken) ?? (() => {});
+    const poll = this.#store.watch === undefined ? setInterval(woken, POLL_INTERVAL_MS) : undefined;
+    let isOver = false;
+    const timer = setTimeout(() => {
+      isOver = true;
+      woken();
+    }, wait.ms);
+    signal?.addEventListener("abort", woken);
+    try {
+      while (true) {
+        const next = new Promise<void>((resolve) => (wake = resolve));
+        const current = await this.#read(key);
+        const version = current.err === "OK" ? current.version : 0;
+        if (version !== wait.version || isOver || signal?.aborted) return current;
+        await next;
+      }
+    } finally {
+      unwatch();
+      clearInterval(poll);
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", woken);
+    }
   }
 
   /**

@@ -1,4 +1,5 @@
 import { KvError } from "@kv/rpc";
+import { KeyWatchers } from "./key-watchers";
 import type { PutIfVersionResult, Store, StoredEntry } from "./store";
 
 /**
@@ -8,6 +9,7 @@ import type { PutIfVersionResult, Store, StoredEntry } from "./store";
 export class MemoryStore implements Store {
   // A Map, not an object: keys such as `__proto__` and `constructor` are ordinary keys.
   readonly #entries = new Map<string, StoredEntry>();
+  readonly #watchers = new KeyWatchers();
   #isClosed = false;
 
   async get(key: string): Promise<StoredEntry | undefined> {
@@ -26,7 +28,12 @@ export class MemoryStore implements Store {
     if ((current?.version ?? 0) !== expectedVersion) return { ok: false, current };
     const version = expectedVersion + 1;
     this.#entries.set(key, putId === undefined ? { value, version } : { value, version, putId });
+    this.#watchers.notify(key);
     return { ok: true, version };
+  }
+
+  watch(key: string, onChange: () => void): () => void {
+    return this.#watchers.add(key, onChange);
   }
 
   async close(): Promise<void> {

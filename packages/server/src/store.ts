@@ -34,6 +34,12 @@ export interface Store {
     putId: string | undefined,
   ): Promise<PutIfVersionResult>;
   /**
+   * Calls `onChange` after a write to `key` commits (it may also call it when nothing changed);
+   * returns the function that stops it. What long-poll reads wait on: a write through any server
+   * sharing the store must wake the waiters of every one. A store without it is polled.
+   */
+  watch?(key: string, onChange: () => void): () => void;
+  /**
    * Whether the store can serve now (the app's `/readyz`); a store that is always ready when
    * open may leave it out. Never rejects.
    */

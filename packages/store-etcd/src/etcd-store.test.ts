@@ -44,6 +44,25 @@ describe("EtcdStore", () => {
     expect(await store.get("big")).toBeUndefined();
   });
 
+  it("wakes a watcher after a put to its key through another store on the same prefix (an etcd watch)", async () => {
+    const prefix = `watch-${randomUUID()}/`;
+    const [watching, writing] = [await storeWithPrefix(prefix), await storeWithPrefix(prefix)];
+    onTestFinished(() => Promise.all([watching.close(), writing.close()]).then(() => undefined));
+    const woken: string[] = [];
+    const stopA = watching.watch("a", () => woken.push("a"));
+    watching.watch("b", () => woken.push("b"));
+    await expect.poll(() => woken.length, { timeout: 5_000 }).toBeGreaterThan(0); // woken once the watch is up
+    woken.length = 0;
+    await writing.putIfVersion("a", "v", 0, undefined);
+    await expect.poll(() => woken.filter((k) => k === "a").length, { timeout: 5_000 }).toBe(1);
+    expect(woken).toEqual(["a"]); // not the watcher of "b"
+    stopA();
+    await writing.putIfVersion("a", "w", 1, undefined);
+    await writing.putIfVersion("b", "v", 0, undefined);
+    await expect.poll(() => woken.includes("b"), { timeout: 5_000 }).toBe(true);
+    expect(woken.filter((k) => k === "a")).toHaveLength(1); // stopped
+  });
+
   it("rejects malformed endpoints and an empty prefix with StoreOpenError", async () => {
     await expect(openEtcdStore({ endpoints: [] })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN" });
     await expect(openEtcdStore({ endpoints: ["127.0.0.1:2379"] })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN" });

@@ -1,5 +1,6 @@
 import { KvError } from "@kv/rpc";
 import {
+  KeyWatchers,
   type PutIfVersionResult,
   type Store,
   type StoredEntry,
@@ -8,7 +9,7 @@ import {
   StoreUnavailableError,
 } from "@kv/server";
 import { ConsecutiveBreaker, circuitBreaker, handleWhen, isBrokenCircuitError, noop } from "cockatiel";
-import { Etcd3, type IKeyValue, isRecoverableError, type Namespace } from "etcd3";
+import { Etcd3, type IKeyValue, isRecoverableError, type Namespace, type Watcher } from "etcd3";
 
 /** `openEtcdStore`'s options. */
 export interface EtcdStoreOptions {
@@ -44,6 +45,8 @@ export class EtcdStore implements Store {
   readonly #kv: Namespace;
   readonly #callTimeoutMs: number;
   readonly #inFlight = new Set<Promise<unknown>>();
+  readonly #watchers = new KeyWatchers();
+  #watching: Promise<Watcher | undefined> | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -126,6 +129,31 @@ export class EtcdStore implements Store {
     throw new StoreUnavailableError(`etcd did not take a put: ${(lastError as Error).message}`, { cause: lastError });
   }
 
+  /**
+   * Wakes `onChange` after a put to `key` through any kv server on this cluster and prefix: one
+   * etcd watch on the whole prefix, made at the first call and kept until `close()`. Each time
+   * that watch (re)connects every waiter is woken too, so a write it could not see is read.
+   */
+  watch(key: string, onChange: () => void): () => void {
+    const stop = this.#watchers.add(key, onChange);
+    this.#watching ??= this.#kv
+      .watch()
+      .prefix("")
+      .create()
+      .then((watcher) => {
+        watcher.on("put", (kv) => this.#watchers.notify(kv.key.toString("utf8")));
+        watcher.on("connected", () => this.#watchers.notifyAll());
+        watcher.on("error", () => {}); // etcd3 reconnects on its own; "connected" follows
+        this.#watchers.notifyAll();
+        return watcher;
+      })
+      .catch(() => {
+        this.#watching = undefined; // the next waiter tries again; this one reads on its timeout
+        return undefined;
+      });
+    return stop;
+  }
+
   /** Whether a linearizable read succeeds now: etcd is reachable and has a quorum. */
   async isReady(): Promise<boolean> {
     if (this.#closed) return false;
@@ -140,7 +168,9 @@ export class EtcdStore implements Store {
   /** Lets the calls in flight finish (each within its tries' deadlines), then closes the client. */
   close(): Promise<void> {
     this.#closed = true;
-    this.#closing ??= Promise.allSettled(this.#inFlight).then(() => this.#client.close());
+    this.#closing ??= Promise.allSettled(this.#inFlight)
+      .then(async () => (await this.#watching)?.cancel())
+      .then(() => this.#client.close());
     return this.#closing;
   }
 

@@ -3,7 +3,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, stat
 import { createServer, type Server } from "node:net";
 import { join, resolve } from "node:path";
 import { hasCode, KvError } from "@kv/rpc";
-import { type PutIfVersionResult, type Store, StoreOpenError, type StoredEntry } from "@kv/server";
+import { KeyWatchers, type PutIfVersionResult, type Store, StoreOpenError, type StoredEntry } from "@kv/server";
 import { open, type RootDatabase } from "lmdb";
 
 /** `openLmdbStore`'s options. */
@@ -37,6 +37,8 @@ const DIGEST_MARK = 0xff;
 export class LmdbStore implements Store {
   readonly #db: RootDatabase<Record, Buffer>;
   readonly #guard: Server;
+  // One process per directory (see holdExclusively): this process sees every write.
+  readonly #watchers = new KeyWatchers();
   #closed: Promise<void> | undefined;
 
   private constructor(db: RootDatabase<Record, Buffer>, guard: Server) {
@@ -84,12 +86,17 @@ export class LmdbStore implements Store {
     if (putId !== undefined) record.p = putId;
     if (lmdb[0] === DIGEST_MARK) record.k = key;
     const version = expectedVersion + 1;
+    // A put that cannot apply is answered from a read: no write transaction, no sync. Under
+    // contention (a lock's waiters racing for a released key) most puts are such puts.
+    const before = this.#read(key);
+    if ((before?.version ?? 0) !== expectedVersion) return { ok: false, current: before };
     while (true) {
       // Applied in the write transaction only if the entry is at expectedVersion then (absent
       // for 0); resolves once the commit is on disk.
       // lmdb-js takes ifVersion null for "only if absent", though its types say number.
       const ifVersion = (expectedVersion === 0 ? null : expectedVersion) as number;
       if (await this.#db.put(lmdb, record, version, ifVersion)) {
+        this.#watchers.notify(key);
         return { ok: true, version };
       }
       // LMDB says only "not applied", not why. Versions only grow and keys are never removed,
@@ -99,6 +106,10 @@ export class LmdbStore implements Store {
       const current = this.#read(key);
       if (current?.version !== expectedVersion) return { ok: false, current };
     }
+  }
+
+  watch(key: string, onChange: () => void): () => void {
+    return this.#watchers.add(key, onChange);
   }
 
   close(): Promise<void> {

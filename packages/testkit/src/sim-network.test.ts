@@ -186,4 +186,27 @@ describe("SimNetwork", () => {
     const ok: PutResult = await net.transport(0).put({ key: "k", value: "v", version: 0, id: "p1" });
     expect(ok).toEqual({ err: "OK", version: 1 });
   });
+
+  it("holds a long-poll read until a put through the network changes the key", async () => {
+    const net = new SimNetwork(new KVServer(new MemoryStore()), { seed: 5, replyTimeoutMs: 10_000 });
+    const waiting = net.transport(0).get("k", { timeoutMs: 10_000, wait: { version: 0, ms: 5_000 } });
+    await net.sleep(1_000);
+    expect(await net.transport(1).put({ key: "k", value: "v", version: 0 })).toEqual({ err: "OK", version: 1 });
+    const putDone = net.now();
+    expect(await waiting).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(net.now() - putDone).toBeLessThan(20);
+  });
+
+  it("answers a long-poll at once when the version already differs, and with the state then at its deadline", async () => {
+    const server = new KVServer(new MemoryStore());
+    await server.put("k", "v", 0);
+    const net = new SimNetwork(server, { seed: 6, replyTimeoutMs: 10_000 });
+    const t = net.transport(0);
+    expect(await t.get("k", { wait: { version: 0, ms: 5_000 } })).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(net.now()).toBeLessThan(20);
+    const start = net.now();
+    expect(await t.get("k", { wait: { version: 1, ms: 2_000 } })).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(net.now() - start).toBeGreaterThanOrEqual(2_000);
+    expect(await t.get("absent", { wait: { version: 0, ms: 300 } })).toEqual({ err: "ErrNoKey" });
+  });
 });

@@ -1,4 +1,4 @@
-import type { GetResult, PutRequest, PutResult, Transport, TransportCallOptions } from "@kv/rpc";
+import type { GetResult, PutRequest, PutResult, Transport, TransportCallOptions, WaitOptions } from "@kv/rpc";
 import { KvError, NetworkError } from "@kv/rpc";
 import { createRandom } from "./random";
 
@@ -50,6 +50,11 @@ export interface SimClock {
   sleep(ms: number, signal?: AbortSignal): Promise<void>;
 }
 
+/** A long-poll read the server holds: it is read again after every put the network delivers, and at its deadline. */
+interface Parked {
+  recheck: (isFinal: boolean) => void;
+}
+
 interface Scheduled {
   time: number;
   seq: number;
@@ -83,6 +88,7 @@ export class SimNetwork implements SimClock {
   #faults: SimFaults;
   readonly #cutOff = new Set<number>();
   readonly #queue: Scheduled[] = [];
+  readonly #parked = new Set<Parked>();
   #seq = 0;
   #now = 0;
   #serverCallsInFlight = 0;
@@ -138,17 +144,33 @@ export class SimNetwork implements SimClock {
     let isClosed = false;
     const closed = () => Promise.reject(new KvError("ERR_KV_CLOSED", "the transport is closed"));
     return {
-      get: (key: string, options?: TransportCallOptions) =>
-        isClosed ? closed() : this.#call(client, () => this.#server.get(key), options),
+      get: (key: string, options?: TransportCallOptions & { wait?: WaitOptions | undefined }) =>
+        isClosed ? closed() : this.#call(client, () => this.#server.get(key), options, options?.wait),
       put: (r: PutRequest, options?: TransportCallOptions) =>
-        isClosed ? closed() : this.#call(client, () => this.#server.put(r.key, r.value, r.version, r.id), options),
+        isClosed
+          ? closed()
+          : this.#call(client, async () => {
+              const result = await this.#server.put(r.key, r.value, r.version, r.id);
+              if (result.err === "OK") this.#recheckParked();
+              return result;
+            }, options),
       close: async () => {
         isClosed = true;
       },
     };
   }
 
-  #call<R>(client: number, serve: () => Promise<R>, options: TransportCallOptions | undefined): Promise<R> {
+  // Every parked read is read again: the network does not know which key a put touched.
+  // Writes made on the server directly, outside the network, are seen at the deadline.
+  // One event, so no read of a parked call overlaps another of the same call.
+  #recheckParked(): void {
+    if (this.#parked.size === 0) return;
+    this.#schedule(0, () => {
+      for (const parked of [...this.#parked]) parked.recheck(false);
+    });
+  }
+
+  #call<R>(client: number, serve: () => Promise<R>, options: TransportCallOptions | undefined, wait?: WaitOptions): Promise<R> {
     const signal = options?.signal;
     const timeoutMs = options?.timeoutMs ?? this.#replyTimeoutMs;
     return new Promise<R>((resolve, reject) => {
@@ -171,8 +193,14 @@ export class SimNetwork implements SimClock {
 
       this.stats.requests++;
       if (this.#isLost(client, this.#faults.requestLoss, "lostRequests")) return;
-      this.#schedule(this.#delay(), () => {
-        if (this.#isLost(client, 0, "lostRequests")) return;
+      const reply = (outcome: { ok: true; value: R } | { ok: false; error: unknown }) => {
+        if (this.#isLost(client, this.#faults.replyLoss, "lostReplies")) return;
+        this.#schedule(this.#delay(), () => {
+          if (!this.#isLost(client, 0, "lostReplies")) settle(outcome);
+        });
+      };
+      // The server's side of a long-poll: it answers once the version differs, or at the deadline.
+      const serveWaiting = (isFinal: boolean) => {
         this.#serverCallsInFlight++;
         serve()
           .then(
@@ -181,13 +209,25 @@ export class SimNetwork implements SimClock {
           )
           .then((outcome) => {
             this.#serverCallsInFlight--;
-            if (!this.#isLost(client, this.#faults.replyLoss, "lostReplies")) {
-              this.#schedule(this.#delay(), () => {
-                if (!this.#isLost(client, 0, "lostReplies")) settle(outcome);
-              });
+            if (isFinal || !outcome.ok || wait === undefined || versionOf(outcome.value as GetResult) !== wait.version) {
+              if (parked !== undefined) {
+                this.#parked.delete(parked);
+                deadline.isCancelled = true;
+              }
+              reply(outcome);
+            } else if (parked === undefined) {
+              parked = { recheck: (isLast) => serveWaiting(isLast) };
+              this.#parked.add(parked);
+              deadline = this.#schedule(wait.ms, () => serveWaiting(true));
             }
             this.#kick();
           });
+      };
+      let parked: Parked | undefined;
+      let deadline: Scheduled = { time: 0, seq: 0, run: () => {}, isCancelled: true };
+      this.#schedule(this.#delay(), () => {
+        if (this.#isLost(client, 0, "lostRequests")) return;
+        serveWaiting(wait === undefined || wait.ms === 0);
       });
     });
   }
@@ -234,6 +274,8 @@ export class SimNetwork implements SimClock {
     });
   }
 }
+
+const versionOf = (r: GetResult) => (r.err === "OK" ? r.version : 0);
 
 const before = (a: Scheduled, b: Scheduled) => a.time < b.time || (a.time === b.time && a.seq < b.seq);
 

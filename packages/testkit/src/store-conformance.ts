@@ -163,6 +163,28 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
       expect(await store.get("y".repeat(2000))).toBeUndefined();
     });
 
+    it("answers a long-poll read through KVServer once a put changes the key, and the state then after the wait", async () => {
+      const store = await fresh();
+      const kv = new KVServer(store);
+      // Absent, waiting for it to exist: a put from elsewhere wakes it.
+      const waiting = kv.get("lp", { version: 0, ms: 10_000 });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await store.putIfVersion("lp", "v1", 0, undefined);
+      expect(await waiting).toEqual({ err: "OK", value: "v1", version: 1 });
+      // Already different: at once. Unchanged: after the wait, as it is.
+      expect(await kv.get("lp", { version: 0, ms: 10_000 })).toEqual({ err: "OK", value: "v1", version: 1 });
+      expect(await kv.get("lp", { version: 1, ms: 200 })).toEqual({ err: "OK", value: "v1", version: 1 });
+      // A put to another key does not end the wait.
+      const unmoved = kv.get("lp", { version: 1, ms: 300 });
+      await store.putIfVersion("lp-other", "x", 0, undefined);
+      expect(await unmoved).toEqual({ err: "OK", value: "v1", version: 1 });
+      // An aborted wait ends at once with the state then.
+      const ac = new AbortController();
+      const aborted = kv.get("lp", { version: 1, ms: 60_000 }, ac.signal);
+      ac.abort();
+      expect(await aborted).toEqual({ err: "OK", value: "v1", version: 1 });
+    });
+
     it("rejects calls after close with ERR_KV_CLOSED, and may be closed twice", async () => {
       const store = await fresh();
       await store.putIfVersion("k", "v", 0, undefined);

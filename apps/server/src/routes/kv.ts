@@ -4,6 +4,8 @@ import {
   GetQuery,
   KeyParams,
   KV_ROUTE,
+  MAX_VERSION,
+  MAX_WAIT_MS,
   NoKeyReply,
   PutBody,
   PutOkReply,
@@ -15,15 +17,17 @@ import type { FastifyInstance, FastifyReply } from "fastify";
 import type { Config } from "../config";
 import { bearerTokenCheck } from "../auth";
 import type { Metrics } from "../metrics";
+import type { Waiters } from "../waiters";
 import { refuse } from "../replies";
 
 export interface KvRoutesOptions {
   server: KVServer;
   config: Config;
   metrics: Metrics;
+  waiters: Waiters;
 }
 
-type KeyRequest = { Params: { key: string }; Querystring: Record<string, never> };
+type KeyRequest = { Params: { key: string }; Querystring: GetQuery };
 
 const route = KV_ROUTE.replace(/^\/v1/, "");
 
@@ -31,7 +35,7 @@ const route = KV_ROUTE.replace(/^\/v1/, "");
  * `/v1/kv/:key` GET and PUT (contract §4), behind the bearer token when one is configured
  * (load shedding, in the app's onRequest hook, comes first).
  */
-export async function kvRoutes(app: FastifyInstance, { server, config, metrics }: KvRoutesOptions): Promise<void> {
+export async function kvRoutes(app: FastifyInstance, { server, config, metrics, waiters }: KvRoutesOptions): Promise<void> {
   if (config.authToken !== undefined) app.addHook("onRequest", bearerTokenCheck(config.authToken));
 
   /** The decoded key, or undefined after refusing the request. */
@@ -52,7 +56,7 @@ export async function kvRoutes(app: FastifyInstance, { server, config, metrics }
     route,
     {
       schema: {
-        summary: "Read a key",
+        summary: "Read a key; with waitVersion and waitMs, wait for it to change (long-poll)",
         params: KeyParams,
         querystring: GetQuery,
         response: { 200: GetOkReply, 404: NoKeyReply, "4xx": ErrorReply, "5xx": ErrorReply },
@@ -61,7 +65,17 @@ export async function kvRoutes(app: FastifyInstance, { server, config, metrics }
     async (request, reply) => {
       const key = checkKey(request.params.key, reply);
       if (key === undefined) return reply;
-      const result = await server.get(key);
+      const { waitVersion, waitMs } = request.query;
+      if (waitVersion === undefined && waitMs === undefined) {
+        const result = await server.get(key);
+        return reply.code(statusByErr[result.err]).send(result);
+      }
+      if (waitVersion === undefined || waitMs === undefined) return refuse(reply, "ErrBadRequest", "waitVersion and waitMs go together");
+      const wait = { version: Number(waitVersion), ms: Number(waitMs) };
+      if (wait.version > MAX_VERSION) return refuse(reply, "ErrBadRequest", `waitVersion must be at most ${MAX_VERSION}, got ${waitVersion}`);
+      if (wait.ms > MAX_WAIT_MS) return refuse(reply, "ErrBadRequest", `waitMs must be at most ${MAX_WAIT_MS}, got ${waitMs}`);
+      const result = await waiters.wait(reply, (signal) => server.get(key, wait, signal));
+      if (result === undefined) return reply; // refused: too many waiting
       return reply.code(statusByErr[result.err]).send(result);
     },
   );
