@@ -1,0 +1,199 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { type ServerProcess, startServerProcess } from "@kv/testkit";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
+
+const BIN = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+
+let server: ServerProcess;
+beforeAll(async () => {
+  if (!existsSync(BIN)) throw new Error(`${BIN} does not exist: build @kv/cli first (pnpm build)`);
+  server = await startServerProcess();
+});
+afterAll(async () => void (await server.stop()));
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Starts the built `kv` with these arguments; KV_ENDPOINTS points at the test server unless `env` says otherwise. */
+function start(args: string[], env: Record<string, string> = {}): { child: ChildProcess; done: Promise<Run> } {
+  const child = spawn(process.execPath, [BIN, ...args], {
+    env: { PATH: process.env.PATH, KV_ENDPOINTS: server.url, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout?.on("data", (chunk) => (stdout += chunk));
+  child.stderr?.on("data", (chunk) => (stderr += chunk));
+  const done = new Promise<Run>((resolve) => child.once("close", (code) => resolve({ code, stdout, stderr })));
+  onTestFinished(() => void child.kill("SIGKILL"));
+  return { child, done };
+}
+
+const kv = (args: string[], env?: Record<string, string>) => start(args, env).done;
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "kv-cli-"));
+  onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+async function until(condition: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
+  for (const started = Date.now(); !condition(); await sleep(20)) {
+    if (Date.now() - started > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+  }
+}
+
+describe("kv get / put", () => {
+  it("puts and gets, with exit codes ErrNoKey 3 and ErrVersion 4", async () => {
+    expect(await kv(["get", "cli-a"])).toMatchObject({ code: 3, stdout: "", stderr: expect.stringContaining("ErrNoKey") });
+    expect(await kv(["put", "cli-a", "hello"])).toEqual({ code: 0, stdout: "1\n", stderr: "" });
+    expect(await kv(["get", "cli-a"])).toEqual({ code: 0, stdout: "hello\n", stderr: "" });
+    expect(await kv(["put", "cli-a", "late", "--version", "0"])).toMatchObject({ code: 4, stderr: expect.stringContaining("ErrVersion") });
+    expect(await kv(["put", "cli-a", "next", "--version", "1"])).toMatchObject({ code: 0, stdout: "2\n" });
+    expect(await kv(["put", "cli-a", "over"])).toMatchObject({ code: 0, stdout: "3\n" }); // no --version: over whatever is there
+    expect(await kv(["put", "cli-absent", "v", "--version", "4"])).toMatchObject({ code: 3, stderr: expect.stringContaining("ErrNoKey") });
+  });
+
+  it("prints one JSON object per result with --json", async () => {
+    expect(await kv(["--json", "get", "cli-j"])).toEqual({ code: 3, stdout: '{"err":"ErrNoKey"}\n', stderr: "" });
+    expect(await kv(["put", "cli-j", "v", "--json"])).toEqual({ code: 0, stdout: '{"err":"OK","version":1}\n', stderr: "" });
+    expect(await kv(["get", "cli-j", "--json"])).toEqual({ code: 0, stdout: '{"err":"OK","value":"v","version":1}\n', stderr: "" });
+    expect(await kv(["put", "cli-j", "w", "--version", "0", "--json"])).toEqual({ code: 4, stdout: '{"err":"ErrVersion"}\n', stderr: "" });
+  });
+
+  it("takes the token from KV_TOKEN or --token, and fails with 1 on a wrong one", async () => {
+    const secured = await startServerProcess({ env: { KV_AUTH_TOKEN: "s3cret" } });
+    onTestFinished(async () => void (await secured.stop()));
+    expect(await kv(["put", "cli-t", "v"], { KV_ENDPOINTS: secured.url, KV_TOKEN: "s3cret" })).toMatchObject({ code: 0 });
+    expect(await kv(["get", "cli-t", "--endpoints", secured.url, "--token", "s3cret"])).toMatchObject({ code: 0, stdout: "v\n" });
+    expect(await kv(["get", "cli-t"], { KV_ENDPOINTS: secured.url, KV_TOKEN: "wrong" })).toMatchObject({ code: 1, stderr: expect.stringContaining("bearer token") });
+  });
+
+  it("gives up after --timeout when no server answers: get fails with 1, put says ErrMaybe with 5", async () => {
+    const nowhere = { KV_ENDPOINTS: "http://127.0.0.1:1" };
+    expect(await kv(["get", "k", "--timeout", "500ms"], nowhere)).toMatchObject({ code: 1, stderr: expect.stringContaining("no answer") });
+    expect(await kv(["put", "k", "v", "--timeout", "500ms", "--json"], nowhere)).toMatchObject({ code: 5, stdout: '{"err":"ErrMaybe"}\n' });
+  });
+
+  it.each([
+    [[], "no command given"],
+    [["frob"], 'unknown command "frob"'],
+    [["get"], "get takes <key>"],
+    [["put", "k"], "put takes <key> <value>"],
+    [["put", "k", "v", "--version", "-1"], "--version"],
+    [["put", "k", "v", "--version", "1.5"], "--version must be an integer"],
+    [["get", "k", "--bogus"], "bogus"],
+    [["get", "k", "--timeout", "soon"], "--timeout must be a duration"],
+    [["lock", "k"], "lock needs a command after --"],
+    [["lock", "k", "--ttl", "0s", "--", "true"], "--ttl must be more than 0"],
+    [["watch", "k", "--count", "0"], "--count must be an integer"],
+    [["get", "k", "--endpoints", "not a url"], ""],
+  ])("refuses %j with usage exit code 2", async (args, message) => {
+    const run = await kv(args);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain(message);
+    expect(run.stderr).toContain("kv --help");
+  });
+
+  it("prints its usage with --help, and exits 0", async () => {
+    expect(await kv(["--help"])).toMatchObject({ code: 0, stdout: expect.stringContaining("kv lock <key> [--ttl 15s] -- <command…>") });
+  });
+});
+
+describe("kv watch", () => {
+  it("prints the value now, then each change as it comes", async () => {
+    await kv(["put", "cli-w", "one"]);
+    const watching = start(["watch", "cli-w", "--count", "3"]);
+    let out = "";
+    watching.child.stdout?.on("data", (chunk) => (out += chunk));
+    await until(() => out === "one\n", "the first value");
+    await kv(["put", "cli-w", "two"]);
+    await until(() => out === "one\ntwo\n", "the second value");
+    await kv(["put", "cli-w", "three"]);
+    expect(await watching.done).toEqual({ code: 0, stdout: "one\ntwo\nthree\n", stderr: "" });
+  });
+
+  it("waits for an absent key to appear, and stops with 0 on SIGTERM", async () => {
+    const watching = start(["watch", "cli-w-new", "--json"]);
+    let out = "";
+    watching.child.stdout?.on("data", (chunk) => (out += chunk));
+    await until(() => out === '{"err":"ErrNoKey"}\n', "the absent state");
+    await kv(["put", "cli-w-new", "here"]);
+    await until(() => out.includes('"value":"here"'), "the new key");
+    watching.child.kill("SIGTERM");
+    expect(await watching.done).toEqual({ code: 0, stdout: '{"err":"ErrNoKey"}\n{"err":"OK","value":"here","version":1}\n', stderr: "" });
+  });
+});
+
+describe("kv lock", () => {
+  it("runs the commands of two concurrent invocations one after the other, each with a larger token, and exits with each command's code", async () => {
+    const dir = tempDir();
+    const log = join(dir, "log");
+    const section = (name: string, code: number) => [
+      "lock",
+      "cli-lock-seq",
+      "--",
+      "sh",
+      "-c",
+      `echo "${name} start $KV_LOCK_TOKEN" >> ${log}; sleep 0.5; echo "${name} end" >> ${log}; exit ${code}`,
+    ];
+    const [a, b] = await Promise.all([kv(section("a", 0)), kv(section("b", 3))]);
+    expect(a.code).toBe(0);
+    expect(b.code).toBe(3);
+    const lines = readFileSync(log, "utf8").trim().split("\n");
+    expect(lines).toHaveLength(4);
+    const [first, firstEnd, second, secondEnd] = lines.map((l) => l.split(" ")) as string[][];
+    expect(first?.[1]).toBe("start");
+    expect(firstEnd).toEqual([first?.[0], "end"]); // the first ended before the second started
+    expect(second?.[1]).toBe("start");
+    expect(secondEnd).toEqual([second?.[0], "end"]);
+    expect(Number(second?.[2])).toBeGreaterThan(Number(first?.[2]));
+  });
+
+  it("hands a killed kv's lock to the next kv lock once the TTL has passed", async () => {
+    const dir = tempDir();
+    const held = join(dir, "held");
+    const first = start(["lock", "cli-lock-kill", "--ttl", "1s", "--", "sh", "-c", `echo "$$ $KV_LOCK_TOKEN" > ${held}.tmp; mv ${held}.tmp ${held}; exec sleep 60`]);
+    await until(() => existsSync(held), "the first command to start");
+    const [commandPid, firstToken] = readFileSync(held, "utf8").trim().split(" ").map(Number) as [number, number];
+    onTestFinished(() => void (() => process.kill(commandPid, "SIGKILL"))());
+    first.child.kill("SIGKILL"); // kv dies; its command runs on, orphaned, and nobody renews the lease
+    await new Promise((resolve) => (first.child.exitCode === null ? first.child.once("exit", resolve) : resolve(undefined)));
+    const killedAt = Date.now();
+    const second = await kv(["lock", "cli-lock-kill", "--ttl", "1s", "--", "sh", "-c", "echo $KV_LOCK_TOKEN"]);
+    expect(second.code).toBe(0);
+    expect(Number(second.stdout.trim())).toBeGreaterThan(firstToken);
+    expect(Date.now() - killedAt).toBeGreaterThanOrEqual(500); // it waited for the lease to run out
+  });
+
+  it("stops the command and exits 6 when the lease cannot be renewed", async () => {
+    const paused = await startServerProcess();
+    onTestFinished(async () => void (await paused.stop()));
+    const dir = tempDir();
+    const mark = join(dir, "mark");
+    const run = start(["lock", "cli-lock-lost", "--ttl", "1s", "--", "sh", "-c", `trap 'echo stopped > ${mark}; exit 0' TERM; echo held > ${mark}; while true; do sleep 0.1; done`], {
+      KV_ENDPOINTS: paused.url,
+    });
+    await until(() => existsSync(mark), "the command to start");
+    paused.pause(); // renewals go unanswered
+    const result = await run.done;
+    paused.resume();
+    expect(result.code).toBe(6);
+    expect(result.stderr).toContain("lost the lock on cli-lock-lost");
+    expect(readFileSync(mark, "utf8")).toBe("stopped\n");
+  });
+
+  it("exits 127 when the command cannot be run, and releases the lock", async () => {
+    const run = await kv(["lock", "cli-lock-missing", "--", "/nonexistent/command"]);
+    expect(run).toMatchObject({ code: 127, stderr: expect.stringContaining("cannot run /nonexistent/command") });
+    expect(await kv(["get", "cli-lock-missing"])).toMatchObject({ code: 0, stdout: "__unlocked\n" });
+  });
+});
