@@ -167,7 +167,10 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   // worked sees neither onResponse nor onRequestAbort). Then, before the store is touched:
   // refused while closing, or shed when overloaded.
   app.addHook("onRequest", (request, reply, done) => {
-    const route = request.routeOptions.url ?? "unmatched";
+    const isCounted = shedder.counts(request.method, request.url);
+    // Long-polls get a route of their own in the metrics: their minute-long waits are not latency.
+    const isLongPoll = !isCounted && request.url.startsWith("/v1/");
+    const route = `${request.routeOptions.url ?? "unmatched"}${isLongPoll ? "?wait" : ""}`;
     const { socket } = request.raw;
     const owed = answering.get(socket) ?? new Set<IncomingMessage>();
     answering.set(socket, owed.add(request.raw));
@@ -182,7 +185,7 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
       if (refusal !== undefined && !hasWholeRequestsInFlight(socket)) socket.end(refusal);
     });
     if (isClosing) refuse(reply, "ErrUnavailable", "the server is shutting down");
-    else isLetIn = shedder.enter(request.method, request.url, reply) && shedder.counts(request.method, request.url);
+    else isLetIn = shedder.enter(request.method, request.url, reply) && isCounted;
     done();
   });
   app.server.maxConnections = config.maxConnections;

@@ -68,22 +68,24 @@ describe("long-poll reads (GET /v1/kv/:key?waitVersion&waitMs)", () => {
   it("caps the reads waiting at once (KV_MAX_WAITERS): past the cap 503 with Retry-After, and counts them in /metrics", async () => {
     const kv = await startTestServer({ KV_MAX_WAITERS: "2" });
     onTestFinished(() => kv.close());
-    const held = [kv.request("GET", "/v1/kv/a?waitVersion=0&waitMs=2000"), kv.request("GET", "/v1/kv/b?waitVersion=0&waitMs=2000")];
-    await sleep(100);
-    expect((await kv.request("GET", "/metrics")).body).toMatch(/^kv_waiters 2$/m);
+    const held = [kv.request("GET", "/v1/kv/a?waitVersion=0&waitMs=5000"), kv.request("GET", "/v1/kv/b?waitVersion=0&waitMs=5000")];
+    await expect.poll(async () => (await kv.request("GET", "/metrics")).body, { timeout: 4_000 }).toMatch(/^kv_waiters 2$/m);
     const third = await kv.request("GET", "/v1/kv/c?waitVersion=0&waitMs=2000");
     expect(third).toMatchObject({ status: 503, body: { err: "ErrUnavailable", message: expect.stringContaining("long-poll") } });
     expect(third.headers["retry-after"]).toBe("1");
     expect((await kv.get("c")).status).toBe(404); // plain reads still served
     await Promise.all(held);
-    expect((await kv.request("GET", "/metrics")).body).toMatch(/^kv_waiters 0$/m);
+    const metrics = (await kv.request("GET", "/metrics")).body as unknown as string;
+    expect(metrics).toMatch(/^kv_waiters 0$/m);
+    // Their minute-long waits are counted apart from the reads' latency.
+    expect(metrics).toMatch(/^kv_http_requests_total\{route="\/v1\/kv\/:key\?wait",method="GET",status="404"\} 2$/m);
   });
 
   it("does not count waiting reads against KV_MAX_IN_FLIGHT: puts go on while more reads wait than the cap", async () => {
     const kv = await startTestServer({ KV_MAX_IN_FLIGHT: "2" });
     onTestFinished(() => kv.close());
     const waiting = Array.from({ length: 5 }, (_, i) => kv.request("GET", `/v1/kv/w${i}?waitVersion=0&waitMs=30000`));
-    await sleep(100);
+    await expect.poll(async () => (await kv.request("GET", "/metrics")).body, { timeout: 10_000 }).toMatch(/^kv_waiters 5$/m);
     for (let i = 0; i < 5; i++) expect((await kv.put(`w${i}`, { value: "v", version: 0 })).status).toBe(200);
     expect((await Promise.all(waiting)).map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
   });
@@ -93,7 +95,8 @@ describe("long-poll reads (GET /v1/kv/:key?waitVersion&waitMs)", () => {
     const waits = Array.from({ length: 100 }, (_, i) =>
       request(`${server.url}/v1/kv/shutdown-${i}?waitVersion=0&waitMs=60000`).then(async (r) => ({ status: r.statusCode, body: await r.body.json() })),
     );
-    await sleep(300);
+    const waiters = async () => (await request(`${server.url}/metrics`).then((r) => r.body.text())).match(/^kv_waiters (\d+)$/m)?.[1];
+    await expect.poll(waiters, { timeout: 20_000, interval: 100 }).toBe("100");
     const code = await server.stop({ timeoutMs: 5_000 }); // still up after 5 s: SIGKILL, and null
     expect(code).toBe(0);
     const replies = await Promise.all(waits);

@@ -60,7 +60,9 @@ export class LoadShedder {
 
   /** Whether `enter` counted a request to `url` in (and `leave` must count it out). */
   counts(method: string, url: string): boolean {
-    return url.startsWith("/v1/") && !(method === "GET" && url.includes("waitMs="));
+    if (!url.startsWith("/v1/")) return false;
+    const query = url.indexOf("?");
+    return !(method === "GET" && query !== -1 && new URLSearchParams(url.slice(query + 1)).has("waitMs"));
   }
 
   /** A `/v1` request let in by {@link enter} is done: answered, or abandoned. */

@@ -335,12 +335,13 @@ describe("three kv servers on a three-member etcd cluster", () => {
     "wake a long-poll read on one kv server by a put through another (an etcd watch)",
     async () => {
       const [a, b] = (await startServers()) as [ServerProcess, ServerProcess];
-      const read = (server: ServerProcess, path: string) => fetch(`${server.url}${path}`, { signal: AbortSignal.timeout(20_000) }).then((r) => r.json());
+      // A 60 s wait: unless the put wakes it, the test runs out of time first.
+      const read = (server: ServerProcess, path: string) => fetch(`${server.url}${path}`).then((r) => r.json());
       const put = (server: ServerProcess, version: number, value: string) =>
         fetch(`${server.url}/v1/kv/watched`, { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify({ value, version }) }).then((r) => r.json());
       expect(await put(a, 0, "v1")).toEqual({ err: "OK", version: 1 });
       let answered = false;
-      const waiting = read(a, "/v1/kv/watched?waitVersion=1&waitMs=15000").then((r) => ((answered = true), r));
+      const waiting = read(a, "/v1/kv/watched?waitVersion=1&waitMs=60000").then((r) => ((answered = true), r));
       await sleep(500);
       expect(answered).toBe(false);
       expect(await put(b, 1, "v2")).toEqual({ err: "OK", version: 2 });

@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import type { GetResult } from "@kv/rpc";
 import type { FastifyReply } from "fastify";
 import type { Metrics } from "./metrics";
@@ -18,6 +19,7 @@ export class Waiters {
   constructor(max: number, metrics: Metrics) {
     this.#max = max;
     this.#metrics = metrics;
+    setMaxListeners(0, this.#closing.signal); // one listener per waiter, by design
   }
 
   /** Runs `read` as one waiter, or refuses `reply` 503 and resolves undefined when too many wait. */
@@ -29,6 +31,8 @@ export class Waiters {
     }
     const ended = new AbortController();
     const end = () => ended.abort();
+    // Closing already, or the client gone already: the events below have fired; answer at once.
+    if (this.#closing.signal.aborted || reply.raw.destroyed) end();
     this.#closing.signal.addEventListener("abort", end);
     reply.raw.on("close", end); // the client left: stop waiting for it
     this.#count++;

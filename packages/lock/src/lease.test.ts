@@ -1,6 +1,6 @@
 import { Clerk } from "@kv/clerk";
 import { KVServer, MemoryStore } from "@kv/server";
-import { SimNetwork, type SimNetworkOptions, testSeed } from "@kv/testkit";
+import { SimNetwork, type SimNetworkOptions, type SimServer, testSeed } from "@kv/testkit";
 import { describe, expect, it } from "vitest";
 import { createLock, type Hold, type Lock } from "./lock";
 
@@ -128,6 +128,86 @@ describe("Lock with a lease (ttlMs) over the simulated network", () => {
     expect(tokens.length).toBe(3 * 2 + 7 * 4);
     expect(tokens.slice(1).every((t, i) => t > (tokens[i] as number)), `seed ${seed}: ${tokens.join()}`).toBe(true);
     expect(net.stats.lostRequests + net.stats.lostReplies, `seed ${seed}`).toBeGreaterThan(50);
+  });
+
+  it("counts a renewal's lease from when it was sent, not from when its delayed reply came", async () => {
+    const kv = new KVServer(new MemoryStore());
+    let holderId = "";
+    let renewals = 0;
+    // The holder's first renewal lands but its reply is cut off; its second never lands.
+    const server: SimServer = {
+      get: (key) => kv.get(key),
+      async put(key, value, version, id) {
+        if (value !== holderId) return kv.put(key, value, version, id);
+        renewals++;
+        if (renewals === 2) net.partition([0]); // the first renewal's reply is lost
+        if (renewals >= 4) {
+          net.partition([0]); // from the second renewal on: cut off for good
+          return { err: "ErrVersion" };
+        }
+        return kv.put(key, value, version, id);
+      },
+    };
+    const net = new SimNetwork(server, { seed: 9 });
+    const [holder, waiter] = [0, 1].map((c) => createLock(new Clerk(net.transport(c), { clock: net, attemptTimeoutMs: 100 }), "lock", { clock: net, ttlMs: TTL_MS })) as [Lock, Lock];
+    holderId = holder.id;
+    const first = await holder.acquire(); // renewals = 1
+    const lost = abortTime(net, first);
+    const waiting = waiter.acquire();
+    await net.sleep(TTL_MS / 3 + 50); // the renewal landed; its reply is lost
+    expect(renewals).toBe(2);
+    await net.sleep(300);
+    net.heal([0]); // its retry (the same put id) is answered OK now, 300 ms after it was sent
+    const second = await waiting;
+    const takenAt = net.now();
+    expect(renewals).toBeGreaterThanOrEqual(3);
+    expect(lost.at).toBeDefined();
+    expect(lost.at as number).toBeLessThan(takenAt);
+    expect(second.token).toBeGreaterThan(first.token);
+  });
+
+  it("takes the holder's lease from the key: never over a holder without one, and not before the holder's ttlMs", async () => {
+    const seed = testSeed();
+    const kv = new KVServer(new MemoryStore());
+    const net = new SimNetwork(kv, { seed });
+    const clerk = (c: number) => new Clerk(net.transport(c), { clock: net, attemptTimeoutMs: 100 });
+    const forever = createLock(clerk(0), "lock", { clock: net });
+    const impatient = createLock(clerk(1), "lock", { clock: net, ttlMs: 100 });
+    await forever.acquire();
+    let isTaken = false;
+    const waiting = impatient.acquire().then((h) => ((isTaken = true), h));
+    await net.sleep(20 * 100);
+    expect(isTaken, `seed ${seed}`).toBe(false); // a lock without a lease is held until released
+    await forever.release();
+    await waiting;
+    await impatient.release();
+
+    const patient = createLock(clerk(2), "lock", { clock: net, ttlMs: 3_000 });
+    const held = await patient.acquire();
+    const lost = abortTime(net, held);
+    net.partition([2]);
+    const taken = await impatient.acquire();
+    const takenAt = net.now();
+    expect(lost.at, `seed ${seed}`).toBeDefined();
+    expect(lost.at as number, `seed ${seed}`).toBeLessThan(takenAt);
+    expect(takenAt, `seed ${seed}`).toBeGreaterThan(2_000 + 3_000); // the holder's 3 s lease, not the waiter's 100 ms
+    expect(taken.token).toBeGreaterThan(held.token);
+  });
+
+  it("backs off, never spins, when the server answers its waits at once", async () => {
+    const net = new SimNetwork(new KVServer(new MemoryStore()), { seed: 6 });
+    const holder = createLock(new Clerk(net.transport(0), { clock: net }), "lock", { clock: net });
+    await holder.acquire();
+    const impatientServer = net.transport(1);
+    const noWaits = { ...impatientServer, get: (key: string, options?: Parameters<typeof impatientServer.get>[1]) => impatientServer.get(key, { ...options, wait: undefined }) };
+    const waiter = createLock(new Clerk(noWaits, { clock: net }), "lock", { clock: net });
+    const ac = new AbortController();
+    const waiting = waiter.acquire({ signal: ac.signal }).catch((err: unknown) => err);
+    const before = net.stats.requests;
+    await net.sleep(10_000);
+    expect(net.stats.requests - before).toBeLessThan(50); // about one read a second, not one every few ms
+    ac.abort();
+    expect(await waiting).toMatchObject({ name: "AbortError" });
   });
 
   it("rejects a ttlMs that is not an integer of at least 3 with InvalidArgumentError", () => {

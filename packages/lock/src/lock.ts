@@ -7,8 +7,8 @@ export const UNLOCKED = "__unlocked";
 export interface LockOptions {
   /**
    * Lease: unset, the lock is held until released. Set, the holder renews it every `ttlMs / 3`,
-   * and a waiter takes it over once it has seen the same version of the held key for `ttlMs`.
-   * Every Lock on one key must use the same `ttlMs`.
+   * and a waiter takes it over once it has seen the same version of the held key for `ttlMs`
+   * (the holder's, read from its id: Locks on one key may use different leases, or none).
    */
   ttlMs?: number;
   /** Time to wait by (default: real time). Tests pass a simulated clock. */
@@ -41,6 +41,9 @@ export class LeaseLostError extends Error {
 
 // A waiter's long-poll is this long at most: a wake-up lost on the network costs no more.
 const MAX_WAIT_MS = 10_000;
+// Waiting when the server answers a long-poll early: full jitter, from a few ms to a second.
+const BACKOFF_BASE_MS = 5;
+const BACKOFF_MAX_MS = 1_000;
 // A holder gives its lease up at 90 % of ttlMs on its own clock: safe while no waiter's clock
 // runs more than 10 % faster than the holder's (see the README's argument).
 const LEASE_SHARE = 0.9;
@@ -64,8 +67,11 @@ type Seen = Extract<GetResult, { err: "OK" }>;
  * synchronisation is assumed, only clocks that run at about the same rate.
  */
 export class Lock {
-  /** This Lock's identity, written into the key while it holds it. */
-  readonly id: string = randomUUID();
+  /**
+   * This Lock's identity, written into the key while it holds it. With a lease it ends in
+   * `;ttl=<ttlMs>`: waiters take the holder's lease from the key, never their own.
+   */
+  readonly id: string;
   readonly #clerk: Clerk;
   readonly #key: string;
   readonly #clock: Clock;
@@ -81,6 +87,7 @@ export class Lock {
     this.#key = key;
     this.#clock = options.clock ?? systemClock;
     this.#ttlMs = ttlMs;
+    this.id = ttlMs === undefined ? randomUUID() : `${randomUUID()};ttl=${ttlMs}`;
   }
 
   /**
@@ -96,18 +103,26 @@ export class Lock {
     let seen = await this.#read(signal);
     // Since when (on this clock) the key has been at this version under another holder.
     let unchanged: { version: number; since: number } | undefined;
+    let earlyAnswers = 0;
     while (true) {
       if (this.#hold !== undefined) return holdOf(this.#hold);
       if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
       if (seen.value !== this.id && seen.value !== UNLOCKED) {
         if (unchanged?.version !== seen.version) unchanged = { version: seen.version, since: this.#clock.now() };
         const heldFor = this.#clock.now() - unchanged.since;
-        if (this.#ttlMs === undefined || heldFor <= this.#ttlMs) {
-          const waitMs = this.#ttlMs === undefined ? MAX_WAIT_MS : Math.min(MAX_WAIT_MS, Math.ceil(this.#ttlMs - heldFor) + 1);
-          seen = await this.#read(signal, { waitVersion: seen.version, waitMs });
+        const ttlMs = leaseOf(seen.value);
+        if (ttlMs === undefined || heldFor <= ttlMs) {
+          const waitMs = ttlMs === undefined ? MAX_WAIT_MS : Math.min(MAX_WAIT_MS, Math.ceil(ttlMs - heldFor) + 1);
+          const askedAt = this.#clock.now();
+          const next = await this.#read(signal, { waitVersion: seen.version, waitMs });
+          // Unchanged before the wait was over: a server that does not wait (or is shutting
+          // down). Back off rather than ask again at once.
+          if (next.version === seen.version && this.#clock.now() - askedAt < waitMs) await this.#backOff(earlyAnswers++, signal);
+          else earlyAnswers = 0;
+          seen = next;
           continue;
         }
-        // Held, and not renewed for ttlMs: its holder's signal has aborted. Take it over.
+        // Held, and its lease not renewed for its ttlMs: its holder's signal has aborted. Take it over.
       }
       if (seen.value === this.id && this.#ttlMs === undefined) return this.#begin(seen.version, 0);
       // Free, expired, or ours from a try whose reply was lost: a lease starts only at a put
@@ -153,6 +168,14 @@ export class Lock {
       throw err;
     }
     if (hold !== undefined) this.#end(hold, new LockNotHeldError("the hold ended"));
+  }
+
+  async #backOff(attempt: number, signal: AbortSignal | undefined): Promise<void> {
+    try {
+      await this.#clock.sleep(Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt), signal);
+    } catch {
+      throw new AbortError(undefined, { cause: signal?.reason });
+    }
   }
 
   /** The key as it is now (with `wait`, once it changed or the wait is over), created `__unlocked` if absent. */
@@ -233,7 +256,8 @@ export class Lock {
         hold.expiresAt = Math.max(hold.expiresAt, startedAt + ttlMs * LEASE_SHARE);
         continue;
       }
-      if (r.err === "ErrMaybe") {
+      // ErrVersion too: another acquire of this Lock may have moved the key on.
+      if (r.err === "ErrMaybe" || r.err === "ErrVersion") {
         const seen = await this.#clerk.get(this.#key, { signal });
         if (seen.err === "OK" && seen.value === this.id) {
           // Ours, at a version we may not know of: renew again at once, at the version seen.
@@ -245,6 +269,12 @@ export class Lock {
       return this.#end(hold, new LeaseLostError(`the lock ${JSON.stringify(this.#key)} was taken over`));
     }
   }
+}
+
+/** The lease of the holder whose id is `value`, or undefined: held until released. */
+function leaseOf(value: string): number | undefined {
+  const match = /;ttl=(\d{1,15})$/.exec(value);
+  return match === null ? undefined : Number(match[1]);
 }
 
 function holdOf(hold: HoldState): Hold {

@@ -19,6 +19,30 @@ describe("KVServer.get", () => {
   });
 });
 
+describe("KVServer.get long-poll", () => {
+  it("answers every waiter woken by one write from one store read, and never from a read older than the write", async () => {
+    let reads = 0;
+    const store = new MemoryStore();
+    const counting = Object.assign(Object.create(store) as MemoryStore, {
+      get: (key: string) => (reads++, store.get(key)),
+      watch: (key: string, onChange: () => void) => store.watch(key, onChange),
+      putIfVersion: store.putIfVersion.bind(store),
+    });
+    const kv = new KVServer(counting);
+    await kv.put("k", "v1", 0);
+    const waiting = Array.from({ length: 100 }, () => kv.get("k", { wait: { version: 1, ms: 60_000 } }));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const readsWhileWaiting = reads;
+    expect(readsWhileWaiting).toBeLessThanOrEqual(100); // one each on arrival at most
+    const stale = kv.get("k"); // a plain read started before the write: no waiter may take its answer
+    await kv.put("k", "v2", 1);
+    expect(await stale).toEqual({ err: "OK", value: "v1", version: 1 });
+    const answers = await Promise.all(waiting);
+    expect(answers.every((a) => a.err === "OK" && a.value === "v2" && a.version === 2)).toBe(true);
+    expect(reads - readsWhileWaiting).toBeLessThanOrEqual(3); // the plain read, and one shared by the 100
+  });
+});
+
 describe("KVServer.put (contract §2)", () => {
   it("creates an absent key at version 1 when version is 0", async () => {
     const kv = newServer();

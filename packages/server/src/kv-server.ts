@@ -13,6 +13,8 @@ export type ServerPutResult = { err: "OK"; version: number } | { err: "ErrVersio
  */
 export class KVServer {
   readonly #store: Store;
+  readonly #sharedReads = new Map<string, { seq: number; result: Promise<GetResult> }>();
+  #sharedReadSeq = 0;
 
   constructor(store: Store) {
     this.#store = store;
@@ -24,8 +26,9 @@ export class KVServer {
    * already does — or after `wait.ms`, or when `signal` aborts, with the state then.
    * Rejects `InvalidArgumentError` for a key that is not a non-empty string, or a bad wait.
    */
-  async get(key: string, wait?: WaitOptions, signal?: AbortSignal): Promise<GetResult> {
+  async get(key: string, options: { wait?: WaitOptions | undefined; signal?: AbortSignal | undefined } = {}): Promise<GetResult> {
     assertKey(key);
+    const { wait, signal } = options;
     if (wait === undefined) return this.#read(key);
     if (!Number.isSafeInteger(wait.version) || wait.version < 0) throw new InvalidArgumentError(`waitVersion must be a safe integer ≥ 0, got ${String(wait.version)}`);
     if (!Number.isSafeInteger(wait.ms) || wait.ms < 0 || wait.ms > MAX_WAIT_MS) throw new InvalidArgumentError(`waitMs must be an integer from 0 to ${MAX_WAIT_MS}, got ${String(wait.ms)}`);
@@ -37,10 +40,30 @@ export class KVServer {
     return entry === undefined ? { err: "ErrNoKey" } : { err: "OK", value: entry.value, version: entry.version };
   }
 
+  /**
+   * One store read for every waiter on `key` woken by the same write: a read started after
+   * `startedAfter` (a count of shared reads) is as fresh as each of them needs.
+   */
+  #readShared(key: string, startedAfter: number): Promise<GetResult> {
+    const current = this.#sharedReads.get(key);
+    if (current !== undefined && current.seq > startedAfter) return current.result;
+    const shared = { seq: ++this.#sharedReadSeq, result: this.#read(key) };
+    this.#sharedReads.set(key, shared);
+    const forget = () => {
+      if (this.#sharedReads.get(key) === shared) this.#sharedReads.delete(key);
+    };
+    shared.result.then(forget, forget);
+    return shared.result;
+  }
+
   async #waitForChange(key: string, wait: WaitOptions, signal: AbortSignal | undefined): Promise<GetResult> {
     // Subscribed before the first read: a write between the read and the wait still wakes it.
     let wake = () => {};
-    const woken = () => wake();
+    let wokenAt = this.#sharedReadSeq;
+    const woken = () => {
+      wokenAt = this.#sharedReadSeq;
+      wake();
+    };
     const unwatch = this.#store.watch?.(key, woken) ?? (() => {});
     const poll = this.#store.watch === undefined ? setInterval(woken, POLL_INTERVAL_MS) : undefined;
     let isOver = false;
@@ -52,7 +75,7 @@ export class KVServer {
     try {
       while (true) {
         const next = new Promise<void>((resolve) => (wake = resolve));
-        const current = await this.#read(key);
+        const current = await this.#readShared(key, wokenAt);
         const version = current.err === "OK" ? current.version : 0;
         if (version !== wait.version || isOver || signal?.aborted) return current;
         await next;

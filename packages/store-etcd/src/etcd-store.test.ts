@@ -63,6 +63,17 @@ describe("EtcdStore", () => {
     expect(woken.filter((k) => k === "a")).toHaveLength(1); // stopped
   });
 
+  it("closes at once while a watch waits for an etcd it cannot reach", async () => {
+    const target = { host: "127.0.0.1", port: Number(new URL(etcd.endpoints[0] as string).port) };
+    const proxy = await createFaultProxy({ target, connection: { blackhole: 1 } }); // connects, then silence
+    onTestFinished(() => proxy.close());
+    const store = await openEtcdStore({ endpoints: [proxy.url], prefix: `unreachable-${randomUUID()}/`, callTimeoutMs: 300 });
+    store.watch("k", () => {});
+    await new Promise((r) => setTimeout(r, 200));
+    const outcome = await Promise.race([store.close().then(() => "closed"), new Promise((r) => setTimeout(r, 5_000, "still closing"))]);
+    expect(outcome).toBe("closed");
+  });
+
   it("rejects malformed endpoints and an empty prefix with StoreOpenError", async () => {
     await expect(openEtcdStore({ endpoints: [] })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN" });
     await expect(openEtcdStore({ endpoints: ["127.0.0.1:2379"] })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN" });

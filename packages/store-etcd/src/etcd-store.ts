@@ -136,21 +136,31 @@ export class EtcdStore implements Store {
    */
   watch(key: string, onChange: () => void): () => void {
     const stop = this.#watchers.add(key, onChange);
-    this.#watching ??= this.#kv
+    if (this.#watching !== undefined || this.#closed) return stop;
+    const watching: Promise<Watcher | undefined> = this.#kv
       .watch()
       .prefix("")
       .create()
       .then((watcher) => {
         watcher.on("put", (kv) => this.#watchers.notify(kv.key.toString("utf8")));
+        // Disconnections etcd3 heals itself, then says "connected": what it missed is read again.
         watcher.on("connected", () => this.#watchers.notifyAll());
-        watcher.on("error", () => {}); // etcd3 reconnects on its own; "connected" follows
+        // A watch etcd ended (e.g. compacted past it) is not resumed: the next waiter makes another.
+        const replace = () => {
+          if (this.#watching === watching) this.#watching = undefined;
+          watcher.cancel().catch(() => {});
+          this.#watchers.notifyAll();
+        };
+        watcher.on("error", replace);
+        watcher.on("end", replace);
         this.#watchers.notifyAll();
         return watcher;
       })
       .catch(() => {
-        this.#watching = undefined; // the next waiter tries again; this one reads on its timeout
+        if (this.#watching === watching) this.#watching = undefined; // the next waiter tries again; this one reads on its timeout
         return undefined;
       });
+    this.#watching = watching;
     return stop;
   }
 
@@ -169,8 +179,11 @@ export class EtcdStore implements Store {
   close(): Promise<void> {
     this.#closed = true;
     this.#closing ??= Promise.allSettled(this.#inFlight)
-      .then(async () => (await this.#watching)?.cancel())
-      .then(() => this.#client.close());
+      .then(() => {
+        // Not awaited: etcd3 settles neither a watch being made nor its cancel while etcd is unreachable.
+        void this.#watching?.then((watcher) => watcher?.cancel()).catch(() => {});
+        this.#client.close();
+      });
     return this.#closing;
   }
 

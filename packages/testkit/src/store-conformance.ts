@@ -163,26 +163,36 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
       expect(await store.get("y".repeat(2000))).toBeUndefined();
     });
 
+    // Waits of 60 s end the test by its timeout if a write does not wake them.
     it("answers a long-poll read through KVServer once a put changes the key, and the state then after the wait", async () => {
       const store = await fresh();
       const kv = new KVServer(store);
       // Absent, waiting for it to exist: a put from elsewhere wakes it.
-      const waiting = kv.get("lp", { version: 0, ms: 10_000 });
+      const waiting = kv.get("lp", { wait: { version: 0, ms: 60_000 } });
       await new Promise((resolve) => setTimeout(resolve, 100));
       await store.putIfVersion("lp", "v1", 0, undefined);
       expect(await waiting).toEqual({ err: "OK", value: "v1", version: 1 });
       // Already different: at once. Unchanged: after the wait, as it is.
-      expect(await kv.get("lp", { version: 0, ms: 10_000 })).toEqual({ err: "OK", value: "v1", version: 1 });
-      expect(await kv.get("lp", { version: 1, ms: 200 })).toEqual({ err: "OK", value: "v1", version: 1 });
-      // A put to another key does not end the wait.
-      const unmoved = kv.get("lp", { version: 1, ms: 300 });
+      expect(await kv.get("lp", { wait: { version: 0, ms: 60_000 } })).toEqual({ err: "OK", value: "v1", version: 1 });
+      expect(await kv.get("lp", { wait: { version: 1, ms: 200 } })).toEqual({ err: "OK", value: "v1", version: 1 });
+      // A put to another key does not end the wait; one to the key does.
+      let isAnswered = false;
+      const moved = kv.get("lp", { wait: { version: 1, ms: 60_000 } }).then((r) => ((isAnswered = true), r));
       await store.putIfVersion("lp-other", "x", 0, undefined);
-      expect(await unmoved).toEqual({ err: "OK", value: "v1", version: 1 });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(isAnswered).toBe(false);
+      await store.putIfVersion("lp", "v2", 1, undefined);
+      expect(await moved).toEqual({ err: "OK", value: "v2", version: 2 });
+      // Many waiters on one key are all answered by one write.
+      const many = Array.from({ length: 50 }, () => kv.get("lp", { wait: { version: 2, ms: 60_000 } }));
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await store.putIfVersion("lp", "v3", 2, undefined);
+      expect(new Set((await Promise.all(many)).map((r) => JSON.stringify(r)))).toEqual(new Set([JSON.stringify({ err: "OK", value: "v3", version: 3 })]));
       // An aborted wait ends at once with the state then.
       const ac = new AbortController();
-      const aborted = kv.get("lp", { version: 1, ms: 60_000 }, ac.signal);
+      const aborted = kv.get("lp", { wait: { version: 3, ms: 60_000 }, signal: ac.signal });
       ac.abort();
-      expect(await aborted).toEqual({ err: "OK", value: "v1", version: 1 });
+      expect(await aborted).toEqual({ err: "OK", value: "v3", version: 3 });
     });
 
     it("rejects calls after close with ERR_KV_CLOSED, and may be closed twice", async () => {

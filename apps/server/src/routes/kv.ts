@@ -74,7 +74,7 @@ export async function kvRoutes(app: FastifyInstance, { server, config, metrics, 
       const wait = { version: Number(waitVersion), ms: Number(waitMs) };
       if (wait.version > MAX_VERSION) return refuse(reply, "ErrBadRequest", `waitVersion must be at most ${MAX_VERSION}, got ${waitVersion}`);
       if (wait.ms > MAX_WAIT_MS) return refuse(reply, "ErrBadRequest", `waitMs must be at most ${MAX_WAIT_MS}, got ${waitMs}`);
-      const result = await waiters.wait(reply, (signal) => server.get(key, wait, signal));
+      const result = await waiters.wait(reply, (signal) => server.get(key, { wait, signal }));
       if (result === undefined) return reply; // refused: too many waiting
       return reply.code(statusByErr[result.err]).send(result);
     },
