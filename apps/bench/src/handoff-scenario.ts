@@ -11,7 +11,6 @@ import { cpuSecondsOf, startKv } from "./systems";
 
 const HOLD_MS = 10;
 const IDLE_WAITERS = 100;
-const IDLE_MS = 2_000;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function percentile(sorted: readonly number[], p: number): number {
@@ -73,8 +72,8 @@ async function handoffs(store: "memory" | "lmdb", settings: Settings): Promise<F
     );
     await sleep(500); // every waiter has read the key and waits
     const idleCpuBefore = serverCpu();
-    await sleep(IDLE_MS);
-    const idleCores = (serverCpu() - idleCpuBefore) / (IDLE_MS / 1000);
+    await sleep(settings.idleWaitMs);
+    const idleCores = (serverCpu() - idleCpuBefore) / (settings.idleWaitMs / 1000);
     stopWaiting.abort();
     await Promise.all(waiters);
     await holder.release();
@@ -85,7 +84,7 @@ async function handoffs(store: "memory" | "lmdb", settings: Settings): Promise<F
       { label: "handoff max", value: measured.at(-1) ?? Number.NaN, unit: "ms" },
       { label: "acquisitions per second", value: acquisitions / seconds, unit: "/s" },
       { label: "server CPU per acquisition", value: (serverCores * 1e6) / (acquisitions / seconds), unit: "µs" },
-      { label: `server CPU, ${IDLE_WAITERS} waiting ${IDLE_MS / 1000} s`, value: idleCores * 100, unit: "% of a core" },
+      { label: `server CPU, ${IDLE_WAITERS} waiting ${settings.idleWaitMs / 1000} s`, value: idleCores * 100, unit: "% of a core" },
     ];
   });
 }

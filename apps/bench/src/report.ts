@@ -150,7 +150,7 @@ It needs \`etcd\` (3.4, Debian's \`etcd-server\`) and \`redis-server\` on PATH:
   wait up to 5 ms, doubling to 250 ms).
 - S9: ${settings.handoffContenders} contenders, each with its own client, pass \`@kv/lock\` around (memory store, then LMDB),
   holding it 10 ms each time; a handoff is the time from a holder calling \`release()\` to the next
-  holder's \`acquire()\` resolving, ${settings.handoffs} handoffs, on the bench process's clock; then the server's CPU while 100 more contenders wait 2 s on a held lock.
+  holder's \`acquire()\` resolving, ${settings.handoffs} handoffs, on the bench process's clock; then the server's CPU while 100 more contenders wait on a held lock (2 s; quick: 0.5 s).
 - S8: a kv server on the memory store, run with \`--inspect\` on a loopback port so the suite can
   force a full GC (\`HeapProfiler.collectGarbage\`) before reading RSS (\`VmRSS\`): RSS before a GC
   is mostly garbage not collected yet. After a warm-up, RSS before and after loading the keys

@@ -27,6 +27,8 @@ export interface Settings {
   /** S9: contenders passing one lock, and the handoffs measured. */
   readonly handoffContenders: number;
   readonly handoffs: number;
+  /** S9: how long 100 waiters wait on a held lock while the server's CPU is measured. */
+  readonly idleWaitMs: number;
   /** S8: keys of 100-byte values loaded into one server. */
   readonly memoryKeys: number;
   /** S8: distinct clients, each one new connection and one put. */
@@ -73,6 +75,7 @@ export function parseSettings(argv: readonly string[]): Settings {
     lockContenders: 8,
     handoffContenders: 10,
     handoffs: quick ? 50 : 200,
+    idleWaitMs: quick ? 500 : 2_000,
     ...shape,
   };
 }

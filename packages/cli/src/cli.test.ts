@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -69,12 +69,21 @@ describe("kv get / put", () => {
     expect(await kv(["put", "cli-j", "w", "--version", "0", "--json"])).toEqual({ code: 4, stdout: '{"err":"ErrVersion"}\n', stderr: "" });
   });
 
+  it("takes a value that starts with a dash after --, and lets a flag win over its variable", async () => {
+    expect(await kv(["put", "cli-dash", "--", "-5"])).toMatchObject({ code: 0 });
+    expect(await kv(["get", "cli-dash", "--endpoints", server.url], { KV_ENDPOINTS: "http://127.0.0.1:1" })).toMatchObject({ code: 0, stdout: "-5\n" });
+  });
+
   it("takes the token from KV_TOKEN or --token, and fails with 1 on a wrong one", async () => {
     const secured = await startServerProcess({ env: { KV_AUTH_TOKEN: "s3cret" } });
     onTestFinished(async () => void (await secured.stop()));
     expect(await kv(["put", "cli-t", "v"], { KV_ENDPOINTS: secured.url, KV_TOKEN: "s3cret" })).toMatchObject({ code: 0 });
     expect(await kv(["get", "cli-t", "--endpoints", secured.url, "--token", "s3cret"])).toMatchObject({ code: 0, stdout: "v\n" });
     expect(await kv(["get", "cli-t"], { KV_ENDPOINTS: secured.url, KV_TOKEN: "wrong" })).toMatchObject({ code: 1, stderr: expect.stringContaining("bearer token") });
+    expect(await kv(["get", "cli-t", "--json"], { KV_ENDPOINTS: secured.url, KV_TOKEN: "wrong" })).toMatchObject({
+      code: 1,
+      stdout: expect.stringContaining('{"err":"Error","code":"ERR_KV_UNAUTHORIZED"'),
+    });
   });
 
   it("gives up after --timeout when no server answers: get fails with 1, put says ErrMaybe with 5", async () => {
@@ -95,7 +104,9 @@ describe("kv get / put", () => {
     [["lock", "k"], "lock needs a command after --"],
     [["lock", "k", "--ttl", "0s", "--", "true"], "--ttl must be more than 0"],
     [["watch", "k", "--count", "0"], "--count must be an integer"],
-    [["get", "k", "--endpoints", "not a url"], ""],
+    [["get", "k", "--endpoints", "not a url"], "endpoint must be an http(s) URL"],
+    [["get", "k", "--version", "3"], "get takes no --version"],
+    [["lock", "k", "--ttl", "2ms", "--", "true"], "--ttl"],
   ])("refuses %j with usage exit code 2", async (args, message) => {
     const run = await kv(args);
     expect(run.code).toBe(2);
@@ -134,44 +145,73 @@ describe("kv watch", () => {
 });
 
 describe("kv lock", () => {
+  /** How many long-poll reads wait on `url`'s server now. */
+  async function waiters(url = server.url): Promise<number> {
+    const text = await fetch(`${url}/metrics`).then((r) => r.text());
+    return Number(/^kv_waiters (\d+)$/m.exec(text)?.[1]);
+  }
+
   it("runs the commands of two concurrent invocations one after the other, each with a larger token, and exits with each command's code", async () => {
     const dir = tempDir();
     const log = join(dir, "log");
-    const section = (name: string, code: number) => [
-      "lock",
-      "cli-lock-seq",
-      "--",
-      "sh",
-      "-c",
-      `echo "${name} start $KV_LOCK_TOKEN" >> ${log}; sleep 0.5; echo "${name} end" >> ${log}; exit ${code}`,
-    ];
-    const [a, b] = await Promise.all([kv(section("a", 0)), kv(section("b", 3))]);
-    expect(a.code).toBe(0);
-    expect(b.code).toBe(3);
-    const lines = readFileSync(log, "utf8").trim().split("\n");
-    expect(lines).toHaveLength(4);
-    const [first, firstEnd, second, secondEnd] = lines.map((l) => l.split(" ")) as string[][];
-    expect(first?.[1]).toBe("start");
-    expect(firstEnd).toEqual([first?.[0], "end"]); // the first ended before the second started
-    expect(second?.[1]).toBe("start");
-    expect(secondEnd).toEqual([second?.[0], "end"]);
-    expect(Number(second?.[2])).toBeGreaterThan(Number(first?.[2]));
+    const go = join(dir, "go");
+    // The first holds the lock until the test says so: the second is waiting by then, for sure.
+    const first = start(["lock", "cli-lock-seq", "--", "sh", "-c", `echo "a start $KV_LOCK_TOKEN" >> ${log}; while [ ! -f ${go} ]; do sleep 0.05; done; echo "a end" >> ${log}`]);
+    await until(() => existsSync(log), "the first command to start");
+    const before = await waiters();
+    const second = start(["lock", "cli-lock-seq", "--", "sh", "-c", `echo "b start $KV_LOCK_TOKEN" >> ${log}; echo "b end" >> ${log}; exit 3`]);
+    await expect.poll(waiters, { timeout: 20_000 }).toBe(before + 1);
+    expect(readFileSync(log, "utf8")).not.toContain("b start");
+    writeFileSync(go, "");
+    expect((await first.done).code).toBe(0);
+    expect((await second.done).code).toBe(3);
+    const lines = readFileSync(log, "utf8").trim().split("\n").map((l) => l.split(" "));
+    expect(lines.map((l) => `${l[0]} ${l[1]}`)).toEqual(["a start", "a end", "b start", "b end"]);
+    expect(Number(lines[2]?.[2])).toBeGreaterThan(Number(lines[0]?.[2]));
   });
 
   it("hands a killed kv's lock to the next kv lock once the TTL has passed", async () => {
     const dir = tempDir();
     const held = join(dir, "held");
-    const first = start(["lock", "cli-lock-kill", "--ttl", "1s", "--", "sh", "-c", `echo "$$ $KV_LOCK_TOKEN" > ${held}.tmp; mv ${held}.tmp ${held}; exec sleep 60`]);
+    const first = start(["lock", "cli-lock-kill", "--ttl", "2s", "--", "sh", "-c", `echo "$$ $KV_LOCK_TOKEN" > ${held}.tmp; mv ${held}.tmp ${held}; exec sleep 60`]);
     await until(() => existsSync(held), "the first command to start");
     const [commandPid, firstToken] = readFileSync(held, "utf8").trim().split(" ").map(Number) as [number, number];
     onTestFinished(() => void (() => process.kill(commandPid, "SIGKILL"))());
     first.child.kill("SIGKILL"); // kv dies; its command runs on, orphaned, and nobody renews the lease
-    await new Promise((resolve) => (first.child.exitCode === null ? first.child.once("exit", resolve) : resolve(undefined)));
-    const killedAt = Date.now();
-    const second = await kv(["lock", "cli-lock-kill", "--ttl", "1s", "--", "sh", "-c", "echo $KV_LOCK_TOKEN"]);
-    expect(second.code).toBe(0);
-    expect(Number(second.stdout.trim())).toBeGreaterThan(firstToken);
-    expect(Date.now() - killedAt).toBeGreaterThanOrEqual(500); // it waited for the lease to run out
+    const holderId = (await kv(["get", "cli-lock-kill"])).stdout.trim();
+    expect(holderId).toMatch(/;ttl=2000$/);
+    const before = await waiters();
+    const second = start(["lock", "cli-lock-kill", "--ttl", "2s", "--", "sh", "-c", "echo $KV_LOCK_TOKEN"]);
+    await expect.poll(waiters, { timeout: 20_000 }).toBe(before + 1); // it waits…
+    expect((await kv(["get", "cli-lock-kill"])).stdout.trim()).toBe(holderId); // …while the dead kv's lease runs out
+    const result = await second.done;
+    expect(result.code).toBe(0);
+    expect(Number(result.stdout.trim())).toBeGreaterThan(firstToken);
+  });
+
+  it("stops the command on SIGTERM, releases the lock, and exits with the command's code", async () => {
+    const dir = tempDir();
+    const mark = join(dir, "mark");
+    const run = start(["lock", "cli-lock-term", "--", "sh", "-c", `trap 'echo stopped > ${mark}; exit 9' TERM; echo held > ${mark}; while true; do sleep 0.05; done`]);
+    await until(() => existsSync(mark), "the command to start");
+    run.child.kill("SIGTERM");
+    expect((await run.done).code).toBe(9);
+    expect(readFileSync(mark, "utf8")).toBe("stopped\n");
+    expect(await kv(["get", "cli-lock-term"])).toMatchObject({ code: 0, stdout: "__unlocked\n" });
+  });
+
+  it("stops waiting for the lock on SIGTERM with 143, and leaves the holder in place", async () => {
+    const dir = tempDir();
+    const go = join(dir, "go");
+    const holder = start(["lock", "cli-lock-wait", "--", "sh", "-c", `while [ ! -f ${go} ]; do sleep 0.05; done`]);
+    await expect.poll(async () => (await kv(["get", "cli-lock-wait"])).stdout, { timeout: 20_000 }).not.toMatch(/^(__unlocked)?\n?$/);
+    const before = await waiters();
+    const waiting = start(["lock", "cli-lock-wait", "--", "true"]);
+    await expect.poll(waiters, { timeout: 20_000 }).toBe(before + 1);
+    waiting.child.kill("SIGTERM");
+    expect((await waiting.done).code).toBe(143);
+    writeFileSync(go, "");
+    expect((await holder.done).code).toBe(0);
   });
 
   it("stops the command and exits 6 when the lease cannot be renewed", async () => {
@@ -179,7 +219,7 @@ describe("kv lock", () => {
     onTestFinished(async () => void (await paused.stop()));
     const dir = tempDir();
     const mark = join(dir, "mark");
-    const run = start(["lock", "cli-lock-lost", "--ttl", "1s", "--", "sh", "-c", `trap 'echo stopped > ${mark}; exit 0' TERM; echo held > ${mark}; while true; do sleep 0.1; done`], {
+    const run = start(["lock", "cli-lock-lost", "--ttl", "2s", "--", "sh", "-c", `trap 'echo stopped > ${mark}; exit 0' TERM; echo held > ${mark}; while true; do sleep 0.1; done`], {
       KV_ENDPOINTS: paused.url,
     });
     await until(() => existsSync(mark), "the command to start");
