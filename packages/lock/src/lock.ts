@@ -130,8 +130,16 @@ export class Lock {
       const startedAt = this.#clock.now();
       const r = await this.#clerk.put(this.#key, this.id, seen.version, call);
       if (r.err === "OK") return this.#begin(r.version, startedAt);
-      // ErrVersion: someone moved first. ErrMaybe: ours may have landed. Either way, look.
-      seen = await this.#read(signal);
+      if (r.err === "ErrVersion") {
+        // Someone moved first — most often another waiter, to the next version. Wait on that
+        // version at once instead of reading first: one request fewer per loser per handoff.
+        // It was there before this answer came, so a lease may be counted from now.
+        const next = seen.version + 1;
+        unchanged = { version: next, since: this.#clock.now() };
+        seen = await this.#read(signal, { waitVersion: next, waitMs: Math.min(MAX_WAIT_MS, (this.#ttlMs ?? MAX_WAIT_MS) + 1) });
+        continue;
+      }
+      seen = await this.#read(signal); // ErrMaybe: ours may have landed; look
     }
   }
 
