@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 // S9: how soon a released lock is held again, and what waiting costs the server (issue 9).
 // 10 contenders, each its own clerk (as separate processes would be), hold the lock 10 ms each
 // time; a handoff is the time from a holder calling release to the next holder's acquire
@@ -65,6 +66,7 @@ async function handoffs(store: "memory" | "lmdb", settings: Settings): Promise<F
     const holder = locks[0] as (typeof locks)[number];
     await holder.acquire();
     const stopWaiting = new AbortController();
+    setMaxListeners(0, stopWaiting.signal); // shared by the 100 waiters
     const waiters = Array.from({ length: IDLE_WAITERS }, () =>
       createLock(r.add(createClerk({ endpoints: [kv.url] }), (c) => c.close()), "s9-lock")
         .acquire({ signal: stopWaiting.signal })

@@ -175,6 +175,28 @@ describe("Clerk.get long-poll (waitVersion, waitMs)", () => {
     expect(net.now()).toBeLessThan(1_200);
   });
 
+  it("keeps long-poll reads linearizable among puts, 10 clients, unreliable network", async () => {
+    const seed = testSeed();
+    const sim = simulate(seed, unreliable, 10);
+    const lastSeen = new Map<string, number>(); // per client and key: wait for something newer
+    const history = await recordHistory({
+      clients: 10,
+      opsPerClient: 40,
+      keys: ["a", "b"],
+      seed,
+      now: () => sim.net.now(),
+      execute: async (c, op) => {
+        const clerk = sim.clerks[c] as Clerk;
+        if (op.kind === "put") return clerk.put(op.key, op.value, op.version);
+        const r = await clerk.get(op.key, { waitVersion: lastSeen.get(`${c}/${op.key}`) ?? 0, waitMs: 300 });
+        lastSeen.set(`${c}/${op.key}`, r.err === "OK" ? r.version : 0);
+        return r;
+      },
+    });
+    expect(history.some((e) => e.op.kind === "get" && e.output !== undefined && (e.return as number) - e.call >= 300), `seed ${seed}`).toBe(true); // some did wait
+    assertLinearizable(history, { seed });
+  });
+
   it("rejects a wait given by halves or out of range with InvalidArgumentError before anything is sent", async () => {
     const { net, clerks } = simulate(8, {}, 1);
     const clerk = clerks[0] as Clerk;
