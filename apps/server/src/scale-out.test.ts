@@ -340,10 +340,9 @@ describe("three kv servers on a three-member etcd cluster", () => {
       const put = (server: ServerProcess, version: number, value: string) =>
         fetch(`${server.url}/v1/kv/watched`, { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify({ value, version }) }).then((r) => r.json());
       expect(await put(a, 0, "v1")).toEqual({ err: "OK", version: 1 });
-      let answered = false;
-      const waiting = read(a, "/v1/kv/watched?waitVersion=1&waitMs=60000").then((r) => ((answered = true), r));
-      await sleep(500);
-      expect(answered).toBe(false);
+      const waiting = read(a, "/v1/kv/watched?waitVersion=1&waitMs=60000");
+      // Waiting on a before the put through b: only an etcd watch can answer it now.
+      await expect.poll(() => fetch(`${a.url}/metrics`).then((r) => r.text()), { timeout: 10_000 }).toMatch(/^kv_waiters 1$/m);
       expect(await put(b, 1, "v2")).toEqual({ err: "OK", version: 2 });
       expect(await waiting).toEqual({ err: "OK", value: "v2", version: 2 });
     },

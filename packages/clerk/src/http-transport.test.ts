@@ -79,7 +79,7 @@ describe("createClerk over HTTP", () => {
     await writer.put("http-wait", "a", 0);
     // A 60 s wait: unless the put wakes it, the test runs out of time (30 s) first.
     const waiting = waiter.get("http-wait", { waitVersion: 1, waitMs: 60_000 });
-    await new Promise((r) => setTimeout(r, 200));
+    await expect.poll(() => request(`${server.url}/metrics`).then((r) => r.body.text()), { timeout: 10_000 }).toMatch(/^kv_waiters 1$/m);
     await writer.put("http-wait", "b", 1);
     expect(await waiting).toEqual({ err: "OK", value: "b", version: 2 });
     expect(await waiter.get("http-wait", { waitVersion: 2, waitMs: 300 })).toEqual({ err: "OK", value: "b", version: 2 });

@@ -36,16 +36,17 @@ const OPTIONS_OF: Record<string, readonly string[]> = {
 
 /** Reads `argv` (after the program name) and the environment; throws {@link UsageError} on anything wrong. */
 export function parseInvocation(argv: readonly string[], env: Record<string, string | undefined>): Invocation {
-  // Only `kv lock` takes a command after `--`; elsewhere `--` ends the options, as usual.
-  const isLock = argv.find((a) => !a.startsWith("-")) === "lock";
-  const dashes = isLock ? argv.indexOf("--") : -1;
+  // `--` ends the options: for `kv lock` what follows is the command, elsewhere more operands.
+  const dashes = argv.indexOf("--");
+  const afterDashes = dashes === -1 ? [] : argv.slice(dashes + 1);
   let parsed: ReturnType<typeof parse>;
   try {
     parsed = parse(dashes === -1 ? argv : argv.slice(0, dashes));
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  const { values, positionals } = parsed;
+  const { values } = parsed;
+  const positionals = parsed.positionals[0] === "lock" ? parsed.positionals : [...parsed.positionals, ...afterDashes];
   const [verb, ...rest] = positionals;
   const common = {
     endpoints: (values.endpoints ?? (env.KV_ENDPOINTS || DEFAULT_ENDPOINT)).split(",").map((s) => s.trim()).filter(Boolean),
@@ -79,7 +80,7 @@ export function parseInvocation(argv: readonly string[], env: Record<string, str
     }
     default: {
       const [key] = operands(["key"]) as [string];
-      const command = dashes === -1 ? [] : argv.slice(dashes + 1);
+      const command = afterDashes;
       if (command.length === 0) throw new UsageError("lock needs a command after --, e.g. kv lock jobs/nightly -- ./nightly.sh");
       const ttlMs = values.ttl === undefined ? DEFAULT_TTL_MS : parseDuration("--ttl", values.ttl);
       return { ...common, command: { verb: "lock", key, ttlMs, command: command as [string, ...string[]] } };

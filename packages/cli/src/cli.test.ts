@@ -69,8 +69,9 @@ describe("kv get / put", () => {
     expect(await kv(["put", "cli-j", "w", "--version", "0", "--json"])).toEqual({ code: 4, stdout: '{"err":"ErrVersion"}\n', stderr: "" });
   });
 
-  it("takes a value that starts with a dash after --, and lets a flag win over its variable", async () => {
+  it("takes a value that starts with a dash after --, options before the command, and lets a flag win over its variable", async () => {
     expect(await kv(["put", "cli-dash", "--", "-5"])).toMatchObject({ code: 0 });
+    expect(await kv(["--endpoints", server.url, "lock", "cli-dash-lock", "--", "true"], { KV_ENDPOINTS: "http://127.0.0.1:1" })).toMatchObject({ code: 0 });
     expect(await kv(["get", "cli-dash", "--endpoints", server.url], { KV_ENDPOINTS: "http://127.0.0.1:1" })).toMatchObject({ code: 0, stdout: "-5\n" });
   });
 

@@ -100,6 +100,22 @@ describe("Lock over the simulated network", () => {
     await expect(waiter.acquire({ signal: AbortSignal.abort() })).rejects.toMatchObject({ name: "AbortError" });
   });
 
+  it("waits on the server: a waiter sends a few requests over a 30 s hold, and holds the lock within a round trip of the release", async () => {
+    const { net, locks } = simulate(8, 2);
+    const [holder, waiter] = locks as [Lock, Lock];
+    await holder.acquire();
+    let acquiredAt = -1;
+    const waiting = waiter.acquire().then((h) => ((acquiredAt = net.now()), h));
+    await net.sleep(100);
+    const before = net.stats.requests;
+    await net.sleep(30_000);
+    expect(net.stats.requests - before).toBeLessThanOrEqual(4); // a long-poll every 10 s, no polling
+    const releasedAt = net.now();
+    await holder.release();
+    await waiting;
+    expect(acquiredAt - releasedAt).toBeLessThan(30); // the release's put, the wake, the acquiring put: a few 0–5 ms messages
+  });
+
   it("hands the lock to a waiter once it is released", async () => {
     const { net, locks } = simulate(5, 2);
     const [holder, waiter] = locks as [Lock, Lock];

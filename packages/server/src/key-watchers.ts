@@ -16,6 +16,11 @@ export class KeyWatchers {
     };
   }
 
+  /** Whether anyone waits on any key. */
+  isEmpty(): boolean {
+    return this.#byKey.size === 0;
+  }
+
   /** Wakes everyone, whatever key they wait on: after a gap in what the store could see. */
   notifyAll(): void {
     for (const watchers of [...this.#byKey.values()]) for (const onChange of [...watchers]) onChange();

@@ -136,7 +136,12 @@ export class EtcdStore implements Store {
    */
   watch(key: string, onChange: () => void): () => void {
     const stop = this.#watchers.add(key, onChange);
-    if (this.#watching !== undefined || this.#closed) return stop;
+    this.#startWatching();
+    return stop;
+  }
+
+  #startWatching(): void {
+    if (this.#watching !== undefined || this.#closed) return;
     const watching: Promise<Watcher | undefined> = this.#kv
       .watch()
       .prefix("")
@@ -145,10 +150,13 @@ export class EtcdStore implements Store {
         watcher.on("put", (kv) => this.#watchers.notify(kv.key.toString("utf8")));
         // Disconnections etcd3 heals itself, then says "connected": what it missed is read again.
         watcher.on("connected", () => this.#watchers.notifyAll());
-        // A watch etcd ended (e.g. compacted past it) is not resumed: the next waiter makes another.
+        // etcd3 does not resume a watch etcd ended (e.g. compacted past it): make another for
+        // those still waiting, and wake them to read what the gap may have hidden.
         const replace = () => {
-          if (this.#watching === watching) this.#watching = undefined;
+          if (this.#watching !== watching) return;
+          this.#watching = undefined;
           watcher.cancel().catch(() => {});
+          if (!this.#watchers.isEmpty()) this.#startWatching();
           this.#watchers.notifyAll();
         };
         watcher.on("error", replace);
@@ -161,7 +169,6 @@ export class EtcdStore implements Store {
         return undefined;
       });
     this.#watching = watching;
-    return stop;
   }
 
   /** Whether a linearizable read succeeds now: etcd is reachable and has a quorum. */
