@@ -81,8 +81,9 @@ export async function runLocked(clerk: Clerk, key: string, ttlMs: number, comman
   process.removeListener("exit", killOnExit);
   hold.signal.removeEventListener("abort", onLost);
   context.signal?.removeEventListener("abort", stop);
-  // After a lost lease a late renewal of ours may still have landed: give that back too.
-  await release(lock, key, context);
+  // After a lost lease a late renewal of ours may still have landed: give that back too, but
+  // wait no longer than the lease would take to pass it on anyway.
+  await release(lock, key, isLost ? { ...context, releaseTimeoutMs: Math.min(context.releaseTimeoutMs, ttlMs) } : context);
   return isLost ? LEASE_LOST : code;
 }
 
