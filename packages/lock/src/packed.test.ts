@@ -1,6 +1,7 @@
-// As a user gets them: the packed tarballs of @kv/rpc, @kv/clerk and @kv/lock installed with
-// plain npm into a scratch project outside the monorepo, and every README example run there
-// against the built server, as ESM and as CommonJS.
+// As a user gets them: the packed tarballs of @kv/rpc, @kv/clerk, @kv/lock and @kv/cli installed
+// with plain npm into a scratch project outside the monorepo (one install: npm installs run side
+// by side slow each other down past their limits), and every README example run there against
+// the built server, as ESM and as CommonJS; and the `kv` that npm links.
 import { execFile } from "node:child_process";
 import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -26,7 +27,7 @@ async function examples(pkg: string): Promise<Array<{ file: string; code: string
 beforeAll(async () => {
   scratch = await mkdtemp(join(tmpdir(), "kv-packed-"));
   const pnpm = process.env.npm_execpath;
-  for (const pkg of ["rpc", "clerk", "lock"]) {
+  for (const pkg of ["rpc", "clerk", "lock", "cli"]) {
     // pnpm pack, not npm pack: it turns workspace: and catalog: versions into real ones.
     if (pnpm?.includes("pnpm")) await run(process.execPath, [pnpm, "pack", "--pack-destination", scratch], { cwd: join(packages, pkg) });
     else await run("npx", ["-y", "pnpm@10.34.8", "pack", "--pack-destination", scratch], { cwd: join(packages, pkg) });
@@ -34,9 +35,9 @@ beforeAll(async () => {
   const tarballs = (await readdir(scratch)).filter((f) => f.endsWith(".tgz"));
   await writeFile(join(scratch, "package.json"), JSON.stringify({ name: "scratch", private: true }));
   // From npm's cache when it can (the monorepo's install filled it): the registry is the slow part.
-  await run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", ...tarballs.map((t) => `./${t}`)], { cwd: scratch, timeout: 150_000 });
+  await run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", ...tarballs.map((t) => `./${t}`)], { cwd: scratch, timeout: 200_000 });
   server = await startServerProcess();
-}, 180_000);
+}, 240_000);
 
 afterAll(async () => {
   await server?.stop();
@@ -60,5 +61,17 @@ describe("the packed packages, installed with npm", () => {
     await writeFile(join(scratch, example.file), example.code);
     const { stdout } = await run(process.execPath, [example.file], { cwd: scratch, env: { ...process.env, KV_URL: server.url } });
     expect(stdout).toMatch(expected);
+  });
+
+  it("give a working kv command, and the cli README's example runs", async () => {
+    const kv = join(scratch, "node_modules", ".bin", "kv");
+    const env = { ...process.env, KV_ENDPOINTS: server.url };
+    expect((await run(kv, ["put", "packed-cli", "hello"], { env })).stdout).toBe("1\n");
+    expect((await run(kv, ["get", "packed-cli", "--json"], { env })).stdout).toBe('{"err":"OK","value":"hello","version":1}\n');
+    const readme = await readFile(join(packages, "cli", "README.md"), "utf8");
+    const code = /```js\n(\/\/ example\.mjs[^\n]*\n[\s\S]*?)```/.exec(readme)?.[1];
+    if (code === undefined) throw new Error("no example.mjs in the cli README");
+    await writeFile(join(scratch, "cli-example.mjs"), code);
+    expect((await run(process.execPath, ["cli-example.mjs"], { cwd: scratch, env })).stdout).toBe("no greeting yet\n");
   });
 });
