@@ -201,6 +201,28 @@ describe("kv lock", () => {
     expect(await kv(["get", "cli-lock-term"])).toMatchObject({ code: 0, stdout: "__unlocked\n" });
   });
 
+  it("exits at once on a second SIGTERM, killing a command that ignores the first", async () => {
+    const dir = tempDir();
+    const pidFile = join(dir, "pid");
+    const run = start(["lock", "cli-lock-twice", "--", "sh", "-c", `trap '' TERM; echo $$ > ${pidFile}.tmp; mv ${pidFile}.tmp ${pidFile}; while true; do sleep 0.05; done`]);
+    await until(() => existsSync(pidFile), "the command to start");
+    const commandPid = Number(readFileSync(pidFile, "utf8"));
+    run.child.kill("SIGTERM"); // passed on to the command, which ignores it
+    await sleep(300);
+    expect(run.child.exitCode).toBeNull();
+    run.child.kill("SIGTERM");
+    expect((await run.done).code).toBe(143);
+    const isAlive = () => {
+      try {
+        process.kill(commandPid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    await until(() => !isAlive(), "the command to be killed", 5_000);
+  });
+
   it("stops waiting for the lock on SIGTERM with 143, and leaves the holder in place", async () => {
     const dir = tempDir();
     const go = join(dir, "go");
