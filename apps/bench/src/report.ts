@@ -23,7 +23,7 @@ export function formatScenario(s: ScenarioResult): string {
   const lines = [`${s.id}  ${s.title}  (${s.seconds.toFixed(0)} s)`];
   if (s.measures !== undefined) lines.push(`    (${s.measures})`);
   if (s.systems.length > 0) {
-    const widths = [18, 9, 8, 8, 11, 10, 10, 13];
+    const widths = [Math.max(18, ...s.systems.map((f) => f.name.length)), 9, 8, 8, 11, 10, 10, 13];
     lines.push(`    ${row(["system", "ops/s", "p50 ms", "p99 ms", "server CPU", "bench CPU", "other CPU", "server µs/op"], widths)}   ops/s by round`);
     for (const f of s.systems) {
       const cells = [f.name, ops(f.opsPerSec), ms(f.p50Ms), ms(f.p99Ms), cores(f.serverCores), cores(f.clientCores), cores(f.otherCores), ops(f.serverCpuUsPerOp)];

@@ -10,6 +10,12 @@ export interface Settings {
   readonly only: ReadonlySet<string> | undefined;
   /** Where the JSON results go. */
   readonly outPath: string;
+  /**
+   * `--baseline <checkout>`: another build of kv's server (`<checkout>/apps/server/dist/main.js`,
+   * e.g. a worktree of main) measured beside this one in S1–S4, so a change to the hot path is
+   * judged before and after in one run.
+   */
+  readonly baselineEntry: string | undefined;
   /** Where the full run writes its table (BENCHMARKS.md at the workspace root); undefined: nowhere. */
   readonly markdownPath: string | undefined;
   /** Each system, once, before the measured rounds. */
@@ -49,15 +55,20 @@ function workspaceRoot(): string {
 }
 
 /**
- * Reads `--quick`, `--out <file>` and `--only <S1,S2…>` (a `--` that pnpm or turbo passes on is
- * skipped). Throws a `TypeError` naming an unknown flag. Only a full run of every scenario
- * writes BENCHMARKS.md: a partial or quick table must not replace the published one.
+ * Reads `--quick`, `--out <file>`, `--only <S1,S2…>` and `--baseline <checkout>` (a `--` that
+ * pnpm or turbo passes on is skipped). Throws a `TypeError` naming an unknown flag. Only a full
+ * run of every scenario without a baseline writes BENCHMARKS.md: no other table may replace the
+ * published one.
  */
 export function parseSettings(argv: readonly string[]): Settings {
   const { values } = parseArgs({
     args: argv.filter((a) => a !== "--"),
-    options: { quick: { type: "boolean", default: false }, out: { type: "string" }, only: { type: "string" } },
+    options: { quick: { type: "boolean", default: false }, out: { type: "string" }, only: { type: "string" }, baseline: { type: "string" } },
   });
+  // pnpm runs scripts in the package's folder; INIT_CWD is where the command was typed.
+  const typedFrom = process.env.INIT_CWD ?? process.cwd();
+  const baselineEntry = values.baseline === undefined ? undefined : join(resolve(typedFrom, values.baseline), "apps", "server", "dist", "main.js");
+  if (baselineEntry !== undefined && !existsSync(baselineEntry)) throw new TypeError(`--baseline: ${baselineEntry} does not exist (build that checkout first)`);
   const quick = values.quick === true;
   const only = values.only === undefined ? undefined : new Set(values.only.split(",").map((s) => s.trim().toUpperCase()));
   const defaultOut = join(PACKAGE_ROOT, "results", quick ? "latest-quick.json" : "latest.json");
@@ -67,9 +78,9 @@ export function parseSettings(argv: readonly string[]): Settings {
   return {
     mode: quick ? "quick" : "full",
     only,
-    // pnpm runs scripts in the package's folder; INIT_CWD is where the command was typed.
-    outPath: values.out === undefined ? defaultOut : resolve(process.env.INIT_CWD ?? process.cwd(), values.out),
-    markdownPath: quick || only !== undefined ? undefined : join(workspaceRoot(), "BENCHMARKS.md"),
+    outPath: values.out === undefined ? defaultOut : resolve(typedFrom, values.out),
+    baselineEntry,
+    markdownPath: quick || only !== undefined || baselineEntry !== undefined ? undefined : join(workspaceRoot(), "BENCHMARKS.md"),
     workers: 64,
     keys: 1_000,
     lockContenders: 8,

@@ -24,15 +24,16 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const READY_TIMEOUT_MS = 20_000;
 
 /**
- * The kv server (`apps/server/dist/main.js`) on `store`: `memory`, `lmdb` (in a temp dir) or etcd
- * endpoints. `inspect`: with Node's inspector on a free loopback port (S8 forces GCs through it).
+ * The kv server (`apps/server/dist/main.js`, or `entry`) on `store`: `memory`, `lmdb` (in a temp
+ * dir) or etcd endpoints. `inspect`: with Node's inspector on a free loopback port (S8 forces GCs
+ * through it).
  */
-export async function startKv(store: "memory" | "lmdb" | { etcd: readonly string[] }, options: { inspect?: boolean } = {}): Promise<Server> {
+export async function startKv(store: "memory" | "lmdb" | { etcd: readonly string[] }, options: { inspect?: boolean; entry?: string } = {}): Promise<Server> {
   const dir = store === "lmdb" ? mkdtempSync(join(tmpdir(), "kv-bench-lmdb-")) : undefined;
   const spec = store === "memory" ? "memory" : store === "lmdb" ? `lmdb:${dir}` : `etcd:${store.etcd.join(",")}`;
   // The harness sets KV_LOG_LEVEL=info to learn the port; at info kv logs no line per request.
   const env = { KV_STORE: spec, ...(options.inspect === true && { NODE_OPTIONS: "--inspect=127.0.0.1:0" }) };
-  const server = await startServerProcess({ env, readyTimeoutMs: READY_TIMEOUT_MS });
+  const server = await startServerProcess({ env, readyTimeoutMs: READY_TIMEOUT_MS, ...(options.entry !== undefined && { entry: options.entry }) });
   const inspectorUrl = /Debugger listening on (ws:\/\/\S+)/.exec(server.output())?.[1];
   if (options.inspect === true && inspectorUrl === undefined) {
     await server.stop();

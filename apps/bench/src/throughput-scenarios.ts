@@ -4,9 +4,9 @@ import { createClerk } from "@kv/clerk";
 import { Etcd3 } from "etcd3";
 import Redis from "ioredis";
 import { createClerkClient, createEtcdClient, createHttpClient, createRedisClient, type VersionedClient } from "./clients";
-import { compare, type Contender } from "./load";
+import { compare, type Contender, type SystemFigures } from "./load";
 import { withResources, type Resources } from "./resources";
-import { figuresOf, type ScenarioResult, throughputRatio } from "./results";
+import { figuresOf, type Ratio, type ScenarioResult, throughputRatio } from "./results";
 import type { Settings } from "./settings";
 import { type Server, startBareFastify, startEtcd, startKv, startRedis } from "./systems";
 import { conditionalPuts, KeySpace, populate, reads } from "./workloads";
@@ -37,6 +37,26 @@ function putter(name: string, client: VersionedClient, pids: readonly number[], 
   return { name, op: conditionalPuts(client, new KeySpace(`${slug(name)}/`, settings.keys, workers)), serverPids: pids };
 }
 
+/** `kv (memory)` → `kv (memory, baseline)`: the same system on the `--baseline` build. */
+const baselineName = (name: string) => name.replace(/\)$/, ", baseline)");
+
+/** With `--baseline`: kv on `store` from the baseline build, stopped with the scenario. */
+async function serveBaseline(resources: Resources, settings: Settings, store: "memory" | "lmdb"): Promise<Server | undefined> {
+  const entry = settings.baselineEntry;
+  return entry === undefined ? undefined : serve(resources, () => startKv(store, { entry }));
+}
+
+/** This build ÷ the baseline build, by throughput and by server CPU per op (none without `--baseline`). */
+function baselineRatios(systems: readonly SystemFigures[], name: string, baseline: Server | undefined): Ratio[] {
+  if (baseline === undefined) return [];
+  const [now, before] = [figuresOf(systems, name), figuresOf(systems, baselineName(name))];
+  return [
+    { label: `${name} ÷ baseline`, value: now.opsPerSec / before.opsPerSec },
+    { label: `${name} ÷ baseline, by server CPU per op`, value: before.serverCpuUsPerOp / now.serverCpuUsPerOp },
+    { label: `${name} p99 ÷ baseline p99`, value: now.p99Ms / before.p99Ms },
+  ];
+}
+
 /** `kv (memory)` → `kv-memory`: a key prefix per contender. */
 const slug = (name: string) => name.replace(/[^A-Za-z0-9]+/g, "-").replace(/-$/, "");
 
@@ -47,8 +67,10 @@ async function measure(settings: Settings, contenders: readonly Contender[], wor
 export async function s1(settings: Settings): Promise<Omit<ScenarioResult, "seconds">> {
   return withResources(async (r) => {
     const [kv, bare, etcdServer, redisServer] = [await serve(r, () => startKv("memory")), await serve(r, startBareFastify), await serve(r, startEtcd), await serve(r, startRedis)];
+    const baseline = await serveBaseline(r, settings, "memory");
     const systems = await measure(settings, [
       putter("kv (memory)", http(r, kv, settings), kv.pids, settings),
+      ...(baseline === undefined ? [] : [putter(baselineName("kv (memory)"), http(r, baseline, settings), baseline.pids, settings)]),
       putter("bare Fastify", http(r, bare, settings), bare.pids, settings),
       putter("etcd", etcd(r, etcdServer, "s1/"), etcdServer.pids, settings),
       putter("Redis (Lua CAS)", redis(r, redisServer), redisServer.pids, settings),
@@ -64,6 +86,7 @@ export async function s1(settings: Settings): Promise<Omit<ScenarioResult, "seco
         { label: "kv ÷ Redis", value: throughputRatio(systems, "kv (memory)", "Redis (Lua CAS)") },
         // Who runs out of CPU first on 2 cores decides ops/s; CPU per op is what each server costs.
         { label: "kv ÷ bare Fastify, by server CPU per op", value: figuresOf(systems, "bare Fastify").serverCpuUsPerOp / figuresOf(systems, "kv (memory)").serverCpuUsPerOp },
+        ...baselineRatios(systems, "kv (memory)", baseline),
       ],
     };
   });
@@ -72,8 +95,10 @@ export async function s1(settings: Settings): Promise<Omit<ScenarioResult, "seco
 export async function s2(settings: Settings): Promise<Omit<ScenarioResult, "seconds">> {
   return withResources(async (r) => {
     const [lmdb, etcdServer, memory] = [await serve(r, () => startKv("lmdb")), await serve(r, startEtcd), await serve(r, () => startKv("memory"))];
+    const baseline = await serveBaseline(r, settings, "lmdb");
     const systems = await measure(settings, [
       putter("kv (LMDB)", http(r, lmdb, settings), lmdb.pids, settings),
+      ...(baseline === undefined ? [] : [putter(baselineName("kv (LMDB)"), http(r, baseline, settings), baseline.pids, settings)]),
       putter("etcd", etcd(r, etcdServer, "s2/"), etcdServer.pids, settings),
       putter("kv (memory)", http(r, memory, settings), memory.pids, settings),
     ]);
@@ -85,6 +110,7 @@ export async function s2(settings: Settings): Promise<Omit<ScenarioResult, "seco
       ratios: [
         { label: "kv-LMDB ÷ etcd", value: throughputRatio(systems, "kv (LMDB)", "etcd"), goal: { min: 1.5 } },
         { label: "kv-LMDB ÷ kv-memory", value: throughputRatio(systems, "kv (LMDB)", "kv (memory)"), goal: { min: 0.7 } },
+        ...baselineRatios(systems, "kv (LMDB)", baseline),
       ],
     };
   });
@@ -93,9 +119,14 @@ export async function s2(settings: Settings): Promise<Omit<ScenarioResult, "seco
 export async function s3(settings: Settings): Promise<Omit<ScenarioResult, "seconds">> {
   return withResources(async (r) => {
     const [lmdb, etcdServer] = [await serve(r, () => startKv("lmdb")), await serve(r, startEtcd)];
+    const baseline = await serveBaseline(r, settings, "lmdb");
     const systems = await measure(
       settings,
-      [putter("kv (LMDB)", http(r, lmdb, settings, 1), lmdb.pids, settings, 1), putter("etcd", etcd(r, etcdServer, "s3/"), etcdServer.pids, settings, 1)],
+      [
+        putter("kv (LMDB)", http(r, lmdb, settings, 1), lmdb.pids, settings, 1),
+        ...(baseline === undefined ? [] : [putter(baselineName("kv (LMDB)"), http(r, baseline, settings, 1), baseline.pids, settings, 1)]),
+        putter("etcd", etcd(r, etcdServer, "s3/"), etcdServer.pids, settings, 1),
+      ],
       1,
     );
     return {
@@ -106,6 +137,7 @@ export async function s3(settings: Settings): Promise<Omit<ScenarioResult, "seco
       ratios: [
         { label: "kv-LMDB p50 ÷ etcd p50", value: figuresOf(systems, "kv (LMDB)").p50Ms / figuresOf(systems, "etcd").p50Ms, goal: { max: 1 } },
         { label: "kv-LMDB p99 ÷ etcd p99", value: figuresOf(systems, "kv (LMDB)").p99Ms / figuresOf(systems, "etcd").p99Ms },
+        ...baselineRatios(systems, "kv (LMDB)", baseline),
       ],
     };
   });
@@ -114,6 +146,7 @@ export async function s3(settings: Settings): Promise<Omit<ScenarioResult, "seco
 export async function s4(settings: Settings): Promise<Omit<ScenarioResult, "seconds">> {
   return withResources(async (r) => {
     const [memory, lmdb, etcdServer] = [await serve(r, () => startKv("memory")), await serve(r, () => startKv("lmdb")), await serve(r, startEtcd)];
+    const baseline = await serveBaseline(r, settings, "memory");
     const reader = async (name: string, client: VersionedClient, pids: readonly number[]): Promise<Contender> => {
       const space = new KeySpace(`${slug(name)}/`, settings.keys, settings.workers);
       await populate(client, space, settings.workers);
@@ -121,6 +154,7 @@ export async function s4(settings: Settings): Promise<Omit<ScenarioResult, "seco
     };
     const systems = await measure(settings, [
       await reader("kv (memory)", http(r, memory, settings), memory.pids),
+      ...(baseline === undefined ? [] : [await reader(baselineName("kv (memory)"), http(r, baseline, settings), baseline.pids)]),
       await reader("kv (LMDB)", http(r, lmdb, settings), lmdb.pids),
       await reader("etcd", etcd(r, etcdServer, "s4/"), etcdServer.pids),
     ]);
@@ -133,6 +167,7 @@ export async function s4(settings: Settings): Promise<Omit<ScenarioResult, "seco
       ratios: [
         { label: "kv ÷ etcd", value: throughputRatio(systems, "kv (memory)", "etcd"), goal: { min: 2 } },
         { label: "kv-LMDB ÷ etcd", value: throughputRatio(systems, "kv (LMDB)", "etcd") },
+        ...baselineRatios(systems, "kv (memory)", baseline),
       ],
     };
   });

@@ -1,6 +1,5 @@
 import { randomUUID } from "node:crypto";
 import { createRequire } from "node:module";
-import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import swagger from "@fastify/swagger";
 import { hasCode } from "@kv/rpc";
@@ -8,6 +7,7 @@ import { KVServer, type Store } from "@kv/server";
 import Fastify, { type FastifyError, type FastifyInstance, LogController } from "fastify";
 import { bearerTokenCheck } from "./auth";
 import type { Config } from "./config";
+import { Connections } from "./connections";
 import { Metrics, measureStore } from "./metrics";
 import { LoadShedder } from "./overload";
 import { Waiters } from "./waiters";
@@ -44,9 +44,6 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   };
   const processId = randomUUID().slice(0, 8); // tells this process's request ids from another's
   let requests = 0;
-  const answering = new WeakMap<object, Set<IncomingMessage>>(); // connection → its requests not yet answered
-  const pendingRefusals = new WeakMap<object, string>(); // connection → a raw refusal to send once they are
-  const hasWholeRequestsInFlight = (socket: object) => [...(answering.get(socket) ?? [])].some((message) => message.complete);
   const app = Fastify({
     // Over TLS the handshake comes before the headers: it gets the same deadline.
     ...(options.https === undefined ? { http: serverOptions } : { https: { ...serverOptions, handshakeTimeout: config.headersTimeoutMs, ...options.https } }),
@@ -77,19 +74,17 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
       refuse(reply, "ErrBadRequest", tooLong ? `key must be at most ${maxKeyBytes} UTF-8 bytes, got over ${maxKeyBytes * 3}` : err.message);
     },
     clientErrorHandler: (err, socket) => {
+      if (socket.writableEnded) return; // refused already: it lingers, then goes (Connections)
       if (!socket.writable) return socket.destroy(err);
       // Requests Node's parser refuses (bad request line, headers too large) get the contract's
       // shape too; one that did not arrive within KV_HEADERS_TIMEOUT_MS / KV_REQUEST_TIMEOUT_MS, 408.
       const refusal = hasCode(err, "ERR_HTTP_REQUEST_TIMEOUT")
         ? rawReply(408, "Request Timeout", "ErrRequestTimeout", "the request did not arrive in time")
         : rawReply(400, "Bad Request", "ErrBadRequest", err.message);
-      // Replies go out in the order requests came: the whole requests pipelined before the bad
-      // bytes, still being handled, are answered first (see the onRequest hook below). A request
-      // not whole yet is the one that failed: nothing of it was applied.
-      if (hasWholeRequestsInFlight(socket)) pendingRefusals.set(socket, refusal);
-      else socket.end(refusal);
+      connections.refuse(socket, refusal);
     },
   });
+  const connections = new Connections(app.server, { isTls: options.https !== undefined });
   // What Node answers itself, with no body, gets the contract's shape as well.
   app.server.on("connect", (_request, socket: Duplex) => socket.end(rawReply(400, "Bad Request", "ErrBadRequest", "CONNECT is not supported")));
   app.server.on("checkExpectation", (request, response) => {
@@ -150,6 +145,7 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   app.addHook("preClose", async () => {
     isClosing = true;
     waiters.endAll(); // long-poll reads answer now, with the state as it is
+    connections.startClosing(rawReply(503, "Service Unavailable", "ErrUnavailable", "the server is shutting down"));
   });
   app.addHook("onSend", (request, reply, payload, done) => {
     if (isClosing) reply.header("connection", "close");
@@ -159,10 +155,11 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   const shedder = new LoadShedder(config, metrics);
   app.addHook("onClose", () => {
     shedder.close();
+    connections.close();
     return store.close();
   });
   // One hook for every request, on this hot path. It counts the request in — in flight, and
-  // owed a reply on its connection (see clientErrorHandler) — and one "close" listener counts
+  // owed a reply on its connection (see Connections) — and one "close" listener counts
   // it out: "close" comes once, answered or abandoned (a client that left while the store
   // worked sees neither onResponse nor onRequestAbort). Then, before the store is touched:
   // refused while closing, or shed when overloaded.
@@ -171,18 +168,14 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
     // Long-polls get a route of their own in the metrics: their minute-long waits are not latency.
     const isLongPoll = !isCounted && request.url.startsWith("/v1/");
     const route = `${request.routeOptions.url ?? "unmatched"}${isLongPoll ? "?wait" : ""}`;
-    const { socket } = request.raw;
-    const owed = answering.get(socket) ?? new Set<IncomingMessage>();
-    answering.set(socket, owed.add(request.raw));
+    connections.owe(reply.raw);
     metrics.inFlight.inc();
     let isLetIn = false;
     reply.raw.on("close", () => {
       metrics.inFlight.dec();
       if (isLetIn) shedder.leave();
       if (reply.raw.writableFinished) metrics.answered(route, request.method, reply.raw.statusCode, reply.elapsedTime / 1000);
-      owed.delete(request.raw);
-      const refusal = pendingRefusals.get(socket);
-      if (refusal !== undefined && !hasWholeRequestsInFlight(socket)) socket.end(refusal);
+      connections.settle(reply.raw);
     });
     if (isClosing) refuse(reply, "ErrUnavailable", "the server is shutting down");
     else isLetIn = shedder.enter(request.method, request.url, reply) && isCounted;

@@ -51,11 +51,11 @@ process.once("exit", () => {
   for (const child of running) child.kill("SIGKILL");
 });
 
-/** The status of a GET to `url` (http or https, trusting `ca`), or undefined when it fails or takes a second. */
+/** The status of a GET to `url` (http or https, trusting `ca`), or undefined when it fails or takes a second. Its connection closes: it must not count among the server's. */
 function statusOf(url: string, ca: string | undefined): Promise<number | undefined> {
   return new Promise((resolve) => {
     const get = url.startsWith("https:") ? httpsGet : httpGet;
-    const request = get(url, { ca, timeout: 1_000 }, (res) => {
+    const request = get(url, { ca, timeout: 1_000, agent: false }, (res) => {
       res.resume();
       resolve(res.statusCode);
     });
