@@ -74,17 +74,16 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
       refuse(reply, "ErrBadRequest", tooLong ? `key must be at most ${maxKeyBytes} UTF-8 bytes, got over ${maxKeyBytes * 3}` : err.message);
     },
     clientErrorHandler: (err, socket) => {
-      if (socket.writableEnded) return; // refused already: it lingers, then goes (Connections)
-      if (!socket.writable) return socket.destroy(err);
       // Requests Node's parser refuses (bad request line, headers too large) get the contract's
       // shape too; one that did not arrive within KV_HEADERS_TIMEOUT_MS / KV_REQUEST_TIMEOUT_MS, 408.
       const refusal = hasCode(err, "ERR_HTTP_REQUEST_TIMEOUT")
         ? rawReply(408, "Request Timeout", "ErrRequestTimeout", "the request did not arrive in time")
         : rawReply(400, "Bad Request", "ErrBadRequest", err.message);
-      connections.refuse(socket, refusal);
+      connections.refuse(socket, refusal, err);
     },
   });
-  const connections = new Connections(app.server, { isTls: options.https !== undefined });
+  // A reply the client does not read for as long as a request may take to arrive ends its connection.
+  const connections = new Connections(app.server, { isTls: options.https !== undefined, sendTimeoutMs: config.requestTimeoutMs });
   // What Node answers itself, with no body, gets the contract's shape as well.
   app.server.on("connect", (_request, socket: Duplex) => socket.end(rawReply(400, "Bad Request", "ErrBadRequest", "CONNECT is not supported")));
   app.server.on("checkExpectation", (request, response) => {
@@ -164,6 +163,9 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   // worked sees neither onResponse nor onRequestAbort). Then, before the store is touched:
   // refused while closing, or shed when overloaded.
   app.addHook("onRequest", (request, reply, done) => {
+    // Its connection was given up on (refused, or ended): any reply would come out of order or
+    // not at all. Left alone, never handled, it goes with its connection.
+    if (!connections.isOpen(request.raw.socket)) return;
     const isCounted = shedder.counts(request.method, request.url);
     // Long-polls get a route of their own in the metrics: their minute-long waits are not latency.
     const isLongPoll = !isCounted && request.url.startsWith("/v1/");

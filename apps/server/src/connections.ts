@@ -1,7 +1,6 @@
 import type { Server, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
-import type { Duplex } from "node:stream";
 
 /**
  * How long a connection stays open after the server has given up on it and sent its last reply:
@@ -10,7 +9,7 @@ import type { Duplex } from "node:stream";
  * §9.6, "lingering close"). After it the connection is destroyed, whether or not the peer reads
  * or closes: a client that never reads must not hold a connection slot.
  */
-export const LINGER_MS = 1_000;
+const LINGER_MS = 1_000;
 /**
  * Once the server starts closing, how long a request still arriving has to arrive: a body on
  * its way is handled, a new request refused 503. Then the connection is given up.
@@ -19,30 +18,45 @@ export const CLOSING_GRACE_MS = 1_000;
 // Connections are destroyed, or given up while closing, up to this late.
 const SWEEP_INTERVAL_MS = 250;
 
+export interface ConnectionsOptions {
+  isTls: boolean;
+  /** A reply the peer does not read for this long (nothing of it leaves) ends its connection. */
+  sendTimeoutMs: number;
+}
+
 /**
- * The server's connections and when to let them go. Replies on one connection go out in the
- * order its requests came, so a refusal of bad bytes waits for the whole requests before them.
- * A connection whose sending side has ended — a refusal, a reply with `Connection: close`, a
- * failed TLS handshake — is destroyed {@link LINGER_MS} later. Once closing, after
- * {@link CLOSING_GRACE_MS}, a connection with no whole request being handled is refused 503 and
- * ended; one still in its TLS handshake is destroyed.
+ * The server's connections and when to let them go.
+ *
+ * - Replies on one connection go out in the order its requests came: a refusal of bad bytes
+ *   waits for the whole requests before them.
+ * - A connection given up on — refused, or ended by a reply with `Connection: close` — is read
+ *   no more as requests: a request that arrives on it is never handled. It is destroyed
+ *   {@link LINGER_MS} after its end, or once its replies make no progress for as long.
+ * - A connection whose replies make no progress for `sendTimeoutMs` (its peer does not read) is
+ *   destroyed.
+ * - Once closing, after {@link CLOSING_GRACE_MS}, a connection with no whole request being
+ *   handled is refused 503 and ended; one still in its TLS handshake is destroyed.
  */
 export class Connections {
-  readonly #server: Server;
-  // Plain HTTP: every socket. HTTPS: each TLS socket once its handshake is done, or has failed.
-  readonly #open = new Set<Duplex>();
+  readonly #sendTimeoutMs: number;
+  // Plain HTTP: every socket. HTTPS: each TLS socket once its handshake is done.
+  readonly #open = new Set<Socket>();
   // HTTPS: the TCP sockets whose handshake is under way, by peer address.
   readonly #handshaking = new Map<string, Socket>();
-  readonly #endedAt = new Map<Duplex, number>();
+  readonly #endedAtMs = new Map<Socket, number>();
+  // connection → bytes of its replies that had left, and since when no more have
+  readonly #stalled = new Map<Socket, { sentBytes: number; sinceMs: number }>();
   // connection → its requests not yet answered (their replies have not closed)
   readonly #owed = new WeakMap<object, Set<ServerResponse>>();
+  // requests refused with their connection: never handled, and never waited for
+  readonly #refused = new WeakSet<ServerResponse>();
   // connection → a raw refusal to send once its whole requests are answered
   readonly #pendingRefusals = new WeakMap<object, string>();
   readonly #sweeper: NodeJS.Timeout;
-  #closing: { refusal: string; since: number } | undefined;
+  #closing: { refusal: string; sinceMs: number } | undefined;
 
-  constructor(server: Server, { isTls }: { isTls: boolean }) {
-    this.#server = server;
+  constructor(server: Server, { isTls, sendTimeoutMs }: ConnectionsOptions) {
+    this.#sendTimeoutMs = sendTimeoutMs;
     if (isTls) {
       server.on("connection", (socket: Socket) => {
         const peer = peerOf(socket);
@@ -53,12 +67,18 @@ export class Connections {
         this.#handshaking.delete(peerOf(socket));
         this.#track(socket);
       });
-      // Node ends a socket whose handshake failed or timed out, then waits for the peer to close.
-      server.on("tlsClientError", (_err: Error, socket: Socket) => this.#track(socket));
     } else {
       server.on("connection", (socket: Socket) => this.#track(socket));
     }
     this.#sweeper = setInterval(() => this.#sweep(), SWEEP_INTERVAL_MS).unref();
+  }
+
+  /**
+   * Whether a request on `socket` may be handled; if not, it must be left alone, unanswered:
+   * its connection was given up on (a reply to it would come out of order, or not at all).
+   */
+  isOpen(socket: Socket): boolean {
+    return !socket.writableEnded && !this.#pendingRefusals.has(socket);
   }
 
   /** Counts `response`'s request as owed a reply on its connection, until {@link settle}. */
@@ -74,31 +94,37 @@ export class Connections {
     const owed = this.#owed.get(socket);
     owed?.delete(response);
     const refusal = this.#pendingRefusals.get(socket);
-    if (refusal !== undefined && !hasWholeRequestInFlight(owed)) socket.end(refusal);
+    if (refusal === undefined || this.#hasWholeRequestInFlight(owed)) return;
+    this.#pendingRefusals.delete(socket);
+    socket.end(refusal);
   }
 
   /**
    * Gives up on `socket` with `refusal`, a whole raw HTTP reply: sent once the whole requests
    * before the bad bytes are answered (a request not whole yet is the one refused: nothing of it
-   * was applied), then the connection ends and lingers.
+   * is handled), then the connection ends and lingers. A TLS connection whose handshake failed
+   * has no session to answer on: it is destroyed.
    */
-  refuse(socket: Duplex, refusal: string): void {
-    if (socket.writableEnded) return; // given up already: it lingers
+  refuse(socket: Socket, refusal: string, err: Error): void {
+    if (!this.isOpen(socket)) return; // given up already
+    if (!socket.writable || !this.#open.has(socket)) {
+      socket.destroy(err);
+      return;
+    }
     const owed = this.#owed.get(socket);
-    if (hasWholeRequestInFlight(owed)) this.#pendingRefusals.set(socket, refusal);
+    this.#stopArriving(owed);
+    if (this.#hasWholeRequestInFlight(owed)) this.#pendingRefusals.set(socket, refusal);
     else socket.end(refusal);
-    stopArriving(owed);
   }
 
   /**
-   * The server is closing: idle keep-alive connections go now, without a word, as Node closes
-   * them. After {@link CLOSING_GRACE_MS} every connection not busy with a whole request is sent
-   * `refusal` and ended, a request still arriving on it never handled; TLS handshakes under way
-   * are cut. Busy ones end after their replies (`Connection: close`).
+   * The server is closing: after {@link CLOSING_GRACE_MS} every connection not busy with a whole
+   * request is sent `refusal` and ended, a request still arriving on it never handled; TLS
+   * handshakes under way are cut. Busy ones end after their replies (`Connection: close`).
+   * (Idle keep-alive connections Node closes at once, without a word.)
    */
   startClosing(refusal: string): void {
-    this.#closing = { refusal, since: performance.now() };
-    this.#server.closeIdleConnections();
+    this.#closing = { refusal, sinceMs: performance.now() };
   }
 
   /** Stops sweeping; the server has closed every connection by now. */
@@ -106,13 +132,32 @@ export class Connections {
     clearInterval(this.#sweeper);
   }
 
-  #track(socket: Duplex): void {
-    if (socket.destroyed || this.#open.has(socket)) return;
+  #track(socket: Socket): void {
+    if (socket.destroyed) return;
     this.#open.add(socket);
     socket.once("close", () => {
       this.#open.delete(socket);
-      this.#endedAt.delete(socket);
+      this.#endedAtMs.delete(socket);
+      this.#stalled.delete(socket);
     });
+  }
+
+  /**
+   * Requests whose bodies were still arriving on a connection given up on: Node's parser is
+   * sound, so the rest could still come and make one a request to handle, after its refusal.
+   * Paused, none reaches its handler, and none is waited for.
+   */
+  #stopArriving(owed: Set<ServerResponse> | undefined): void {
+    for (const response of owed ?? []) {
+      if (response.req.complete) continue;
+      response.req.pause();
+      this.#refused.add(response);
+    }
+  }
+
+  #hasWholeRequestInFlight(owed: Set<ServerResponse> | undefined): boolean {
+    for (const response of owed ?? []) if (response.req.complete && !this.#refused.has(response)) return true;
+    return false;
   }
 
   /**
@@ -120,47 +165,53 @@ export class Connections {
    * reply, sent with `Connection: close`). A connection waiting for or receiving a request gets
    * the refusal; one whose replies are written but not yet read gets nothing more.
    */
-  #close(socket: Duplex, refusal: string): void {
-    const owed = this.#owed.get(socket) ?? new Set();
+  #giveUpWhileClosing(socket: Socket, refusal: string): void {
+    if (this.#pendingRefusals.has(socket)) return; // its refusal follows its replies
+    const owed = this.#owed.get(socket);
     let hasWrittenReplies = false;
-    for (const response of owed) {
-      if (!response.req.complete) continue;
+    for (const response of owed ?? []) {
+      if (!response.req.complete || this.#refused.has(response)) continue;
       if (!response.writableEnded) return;
       hasWrittenReplies = true;
     }
-    socket.end(hasWrittenReplies ? undefined : refusal);
-    stopArriving(owed);
+    this.#stopArriving(owed);
+    if (hasWrittenReplies) socket.end();
+    else socket.end(refusal);
+  }
+
+  /** Whether `socket`'s replies have made no progress for `timeoutMs`: its peer does not read. */
+  #isStalled(socket: Socket, nowMs: number, timeoutMs: number): boolean {
+    if (socket.writableLength === 0) {
+      this.#stalled.delete(socket);
+      return false;
+    }
+    const sentBytes = socket.bytesWritten - socket.writableLength; // handed to the kernel
+    const stalled = this.#stalled.get(socket);
+    if (stalled?.sentBytes !== sentBytes) {
+      this.#stalled.set(socket, { sentBytes, sinceMs: nowMs });
+      return false;
+    }
+    return nowMs - stalled.sinceMs >= timeoutMs;
   }
 
   #sweep(): void {
-    const now = performance.now();
-    const closingRefusal = this.#closing !== undefined && now - this.#closing.since >= CLOSING_GRACE_MS ? this.#closing.refusal : undefined;
+    const nowMs = performance.now();
+    const closingRefusal = this.#closing !== undefined && nowMs - this.#closing.sinceMs >= CLOSING_GRACE_MS ? this.#closing.refusal : undefined;
     for (const socket of this.#open) {
       if (socket.destroyed) continue;
-      if (socket.writableEnded) {
-        const endedAt = this.#endedAt.get(socket);
-        if (endedAt === undefined) this.#endedAt.set(socket, now);
-        else if (now - endedAt >= LINGER_MS) socket.destroy();
+      const isGivenUp = !this.isOpen(socket) || closingRefusal !== undefined;
+      if (this.#isStalled(socket, nowMs, isGivenUp ? LINGER_MS : this.#sendTimeoutMs)) {
+        socket.destroy();
+      } else if (socket.writableEnded) {
+        const endedAtMs = this.#endedAtMs.get(socket);
+        if (endedAtMs === undefined) this.#endedAtMs.set(socket, nowMs);
+        else if (nowMs - endedAtMs >= LINGER_MS) socket.destroy();
       } else if (closingRefusal !== undefined) {
-        this.#close(socket, closingRefusal);
+        this.#giveUpWhileClosing(socket, closingRefusal);
       }
     }
     if (closingRefusal !== undefined) for (const socket of this.#handshaking.values()) socket.destroy();
   }
 }
-
-/**
- * Requests whose bodies were still arriving on a connection given up on: Node's parser is
- * sound, so the rest could still come and make one a request to handle, after its refusal.
- * Paused, none reaches its handler; the connection lingers and goes.
- */
-const stopArriving = (owed: Set<ServerResponse> | undefined): void => {
-  for (const response of owed ?? []) if (!response.req.complete) response.req.pause();
-};
-
-const hasWholeRequestInFlight = (owed: Set<ServerResponse> | undefined): boolean => {
-  for (const response of owed ?? []) if (response.req.complete) return true;
-  return false;
-};
 
 const peerOf = (socket: Socket): string => `${socket.remoteAddress}|${socket.remotePort}`;

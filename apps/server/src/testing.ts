@@ -3,7 +3,8 @@ import { kvPath } from "@kv/rpc";
 import { MemoryStore, type Store } from "@kv/server";
 import type { FastifyInstance } from "fastify";
 import { Pool } from "undici";
-import { buildApp } from "./app";
+import { setTimeout as sleep } from "node:timers/promises";
+import { type AppOptions, buildApp } from "./app";
 import { type Config, parseConfig } from "./config";
 
 export interface Reply {
@@ -24,12 +25,20 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-/** Starts the app on 127.0.0.1, port 0, over `store` (a fresh MemoryStore by default). The caller closes it. */
-export async function startTestServer(env: Record<string, string> = {}, store: Store = new MemoryStore()): Promise<TestServer> {
+/**
+ * Starts the app on 127.0.0.1, port 0, over `store` (a fresh MemoryStore by default); with
+ * `options.https`, over HTTPS, its requests trusting `options.ca`. The caller closes it.
+ */
+export async function startTestServer(
+  env: Record<string, string> = {},
+  store: Store = new MemoryStore(),
+  options: AppOptions & { ca?: string } = {},
+): Promise<TestServer> {
   const config: Config = parseConfig({ KV_LOG_LEVEL: "silent", ...env }, []);
-  const app = await buildApp(config, store);
+  const { ca, ...appOptions } = options;
+  const app = await buildApp(config, store, appOptions);
   const base = await app.listen({ host: "127.0.0.1", port: 0 });
-  const pool = new Pool(base, { connections: 128 });
+  const pool = new Pool(base, { connections: 128, ...(ca !== undefined && { connect: { ca } }) });
   const request = async (method: string, path: string, body?: unknown, headers: Record<string, string> = {}) => {
     const isRaw = typeof body === "string" || Buffer.isBuffer(body);
     const res = await pool.request({
@@ -57,4 +66,13 @@ export async function startTestServer(env: Record<string, string> = {}, store: S
       await app.close();
     },
   };
+}
+
+/** Resolves once `condition` holds, checking every 25 ms; rejects with `explain()` after `timeoutMs`. */
+export async function waitUntil(condition: () => boolean | Promise<boolean>, timeoutMs: number, explain: () => string | Promise<string>): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!(await condition())) {
+    if (performance.now() > deadline) throw new Error(`${await explain()} after ${timeoutMs} ms`);
+    await sleep(25);
+  }
 }
