@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { createRequire } from "node:module";
-import type { Duplex } from "node:stream";
+import type { Socket } from "node:net";
 import swagger from "@fastify/swagger";
 import { hasCode } from "@kv/rpc";
 import { KVServer, type Store } from "@kv/server";
@@ -82,10 +82,10 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
       connections.refuse(socket, refusal, err);
     },
   });
-  // A reply the client does not read for as long as a request may take to arrive ends its connection.
-  const connections = new Connections(app.server, { isTls: options.https !== undefined, sendTimeoutMs: config.requestTimeoutMs });
-  // What Node answers itself, with no body, gets the contract's shape as well.
-  app.server.on("connect", (_request, socket: Duplex) => socket.end(rawReply(400, "Bad Request", "ErrBadRequest", "CONNECT is not supported")));
+  const connections = new Connections(app.server, { isTls: options.https !== undefined });
+  // What Node answers itself, with no body, gets the contract's shape as well (in order, after
+  // the requests before it).
+  app.server.on("connect", (_request, socket: Socket) => connections.refuse(socket, rawReply(400, "Bad Request", "ErrBadRequest", "CONNECT is not supported")));
   app.server.on("checkExpectation", (request, response) => {
     const body = JSON.stringify({ err: "ErrBadRequest", message: `unsupported expectation: ${request.headers.expect}` });
     response.writeHead(417, { "content-type": "application/json", "content-length": Buffer.byteLength(body) }).end(body);
@@ -163,9 +163,9 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   // worked sees neither onResponse nor onRequestAbort). Then, before the store is touched:
   // refused while closing, or shed when overloaded.
   app.addHook("onRequest", (request, reply, done) => {
-    // Its connection was given up on (refused, or ended): any reply would come out of order or
-    // not at all. Left alone, never handled, it goes with its connection.
-    if (!connections.isOpen(request.raw.socket)) return;
+    // Its connection was given up on (refused, ended, closing): a peer still sending there gets
+    // no more of the server's time. Never handled, never answered.
+    if (!connections.isOpen(request.raw.socket)) return void request.raw.socket.destroy();
     const isCounted = shedder.counts(request.method, request.url);
     // Long-polls get a route of their own in the metrics: their minute-long waits are not latency.
     const isLongPoll = !isCounted && request.url.startsWith("/v1/");

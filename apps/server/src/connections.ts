@@ -18,45 +18,38 @@ export const CLOSING_GRACE_MS = 1_000;
 // Connections are destroyed, or given up while closing, up to this late.
 const SWEEP_INTERVAL_MS = 250;
 
-export interface ConnectionsOptions {
-  isTls: boolean;
-  /** A reply the peer does not read for this long (nothing of it leaves) ends its connection. */
-  sendTimeoutMs: number;
-}
-
 /**
  * The server's connections and when to let them go.
  *
  * - Replies on one connection go out in the order its requests came: a refusal of bad bytes
- *   waits for the whole requests before them.
- * - A connection given up on — refused, or ended by a reply with `Connection: close` — is read
- *   no more as requests: a request that arrives on it is never handled. It is destroyed
- *   {@link LINGER_MS} after its end, or once its replies make no progress for as long.
- * - A connection whose replies make no progress for `sendTimeoutMs` (its peer does not read) is
+ *   waits for the whole requests before them to be answered.
+ * - A connection is given up on when it is refused, ended (a reply with `Connection: close`),
+ *   or closing. Nothing that arrives on it is handled any more. Once no request on it is being
+ *   handled, it stays open {@link LINGER_MS} for its peer to read what was sent, then is
+ *   destroyed, whether or not the peer reads or closes.
+ * - Once closing, after {@link CLOSING_GRACE_MS}, a connection with no request being handled
+ *   is given up on (refused 503 when it owes no reply); one still in its TLS handshake is
  *   destroyed.
- * - Once closing, after {@link CLOSING_GRACE_MS}, a connection with no whole request being
- *   handled is refused 503 and ended; one still in its TLS handshake is destroyed.
  */
 export class Connections {
-  readonly #sendTimeoutMs: number;
   // Plain HTTP: every socket. HTTPS: each TLS socket once its handshake is done.
   readonly #open = new Set<Socket>();
   // HTTPS: the TCP sockets whose handshake is under way, by peer address.
   readonly #handshaking = new Map<string, Socket>();
-  readonly #endedAtMs = new Map<Socket, number>();
-  // connection → bytes of its replies that had left, and since when no more have
-  readonly #stalled = new Map<Socket, { sentBytes: number; sinceMs: number }>();
+  // connections given up on without being ended (yet): a refusal waits, or replies are on their way out
+  readonly #givenUp = new WeakSet<Socket>();
+  // connection given up on → since when nothing on it was being handled
+  readonly #idleSinceMs = new Map<Socket, number>();
   // connection → its requests not yet answered (their replies have not closed)
-  readonly #owed = new WeakMap<object, Set<ServerResponse>>();
+  readonly #owed = new WeakMap<Socket, Set<ServerResponse>>();
   // requests refused with their connection: never handled, and never waited for
   readonly #refused = new WeakSet<ServerResponse>();
   // connection → a raw refusal to send once its whole requests are answered
-  readonly #pendingRefusals = new WeakMap<object, string>();
+  readonly #pendingRefusals = new WeakMap<Socket, string>();
   readonly #sweeper: NodeJS.Timeout;
   #closing: { refusal: string; sinceMs: number } | undefined;
 
-  constructor(server: Server, { isTls, sendTimeoutMs }: ConnectionsOptions) {
-    this.#sendTimeoutMs = sendTimeoutMs;
+  constructor(server: Server, { isTls }: { isTls: boolean }) {
     if (isTls) {
       server.on("connection", (socket: Socket) => {
         const peer = peerOf(socket);
@@ -74,11 +67,12 @@ export class Connections {
   }
 
   /**
-   * Whether a request on `socket` may be handled; if not, it must be left alone, unanswered:
-   * its connection was given up on (a reply to it would come out of order, or not at all).
+   * Whether a request that arrived on `socket` may be handled. Not on a connection given up on:
+   * its reply would come out of order or not at all, and a peer that goes on sending there
+   * must not make the server queue what it will never answer.
    */
   isOpen(socket: Socket): boolean {
-    return !socket.writableEnded && !this.#pendingRefusals.has(socket);
+    return !socket.writableEnded && !this.#givenUp.has(socket);
   }
 
   /** Counts `response`'s request as owed a reply on its connection, until {@link settle}. */
@@ -96,7 +90,7 @@ export class Connections {
     const refusal = this.#pendingRefusals.get(socket);
     if (refusal === undefined || this.#hasWholeRequestInFlight(owed)) return;
     this.#pendingRefusals.delete(socket);
-    socket.end(refusal);
+    if (!socket.writableEnded) socket.end(refusal); // a reply with `Connection: close` may have ended it
   }
 
   /**
@@ -105,12 +99,13 @@ export class Connections {
    * is handled), then the connection ends and lingers. A TLS connection whose handshake failed
    * has no session to answer on: it is destroyed.
    */
-  refuse(socket: Socket, refusal: string, err: Error): void {
+  refuse(socket: Socket, refusal: string, err?: Error): void {
     if (!this.isOpen(socket)) return; // given up already
     if (!socket.writable || !this.#open.has(socket)) {
       socket.destroy(err);
       return;
     }
+    this.#givenUp.add(socket);
     const owed = this.#owed.get(socket);
     this.#stopArriving(owed);
     if (this.#hasWholeRequestInFlight(owed)) this.#pendingRefusals.set(socket, refusal);
@@ -118,10 +113,10 @@ export class Connections {
   }
 
   /**
-   * The server is closing: after {@link CLOSING_GRACE_MS} every connection not busy with a whole
-   * request is sent `refusal` and ended, a request still arriving on it never handled; TLS
-   * handshakes under way are cut. Busy ones end after their replies (`Connection: close`).
-   * (Idle keep-alive connections Node closes at once, without a word.)
+   * The server is closing: after {@link CLOSING_GRACE_MS} every connection with no request
+   * being handled is given up on — sent `refusal` if it owes no reply — and TLS handshakes under
+   * way are cut. Busy ones end after their replies (`Connection: close`). (Idle keep-alive
+   * connections Node closes at once, without a word.)
    */
   startClosing(refusal: string): void {
     this.#closing = { refusal, sinceMs: performance.now() };
@@ -137,8 +132,7 @@ export class Connections {
     this.#open.add(socket);
     socket.once("close", () => {
       this.#open.delete(socket);
-      this.#endedAtMs.delete(socket);
-      this.#stalled.delete(socket);
+      this.#idleSinceMs.delete(socket);
     });
   }
 
@@ -155,43 +149,28 @@ export class Connections {
     }
   }
 
+  /** Whether a whole request on the connection has not had its reply leave yet. */
   #hasWholeRequestInFlight(owed: Set<ServerResponse> | undefined): boolean {
     for (const response of owed ?? []) if (response.req.complete && !this.#refused.has(response)) return true;
     return false;
   }
 
-  /**
-   * Closing: ends `socket` unless a whole request on it is being handled (it ends after that
-   * reply, sent with `Connection: close`). A connection waiting for or receiving a request gets
-   * the refusal; one whose replies are written but not yet read gets nothing more.
-   */
-  #giveUpWhileClosing(socket: Socket, refusal: string): void {
-    if (this.#pendingRefusals.has(socket)) return; // its refusal follows its replies
-    const owed = this.#owed.get(socket);
-    let hasWrittenReplies = false;
-    for (const response of owed ?? []) {
-      if (!response.req.complete || this.#refused.has(response)) continue;
-      if (!response.writableEnded) return;
-      hasWrittenReplies = true;
-    }
-    this.#stopArriving(owed);
-    if (hasWrittenReplies) socket.end();
-    else socket.end(refusal);
+  /** Whether a whole request on the connection is still being handled (its reply not written). */
+  #isHandling(owed: Set<ServerResponse> | undefined): boolean {
+    for (const response of owed ?? []) if (response.req.complete && !this.#refused.has(response) && !response.writableEnded) return true;
+    return false;
   }
 
-  /** Whether `socket`'s replies have made no progress for `timeoutMs`: its peer does not read. */
-  #isStalled(socket: Socket, nowMs: number, timeoutMs: number): boolean {
-    if (socket.writableLength === 0) {
-      this.#stalled.delete(socket);
-      return false;
-    }
-    const sentBytes = socket.bytesWritten - socket.writableLength; // handed to the kernel
-    const stalled = this.#stalled.get(socket);
-    if (stalled?.sentBytes !== sentBytes) {
-      this.#stalled.set(socket, { sentBytes, sinceMs: nowMs });
-      return false;
-    }
-    return nowMs - stalled.sinceMs >= timeoutMs;
+  /**
+   * Closing: gives `socket` up unless a request on it is being handled. It gets the refusal if
+   * it owes no reply; replies written but not yet read are left to go out while it lingers.
+   */
+  #giveUpWhileClosing(socket: Socket, refusal: string): void {
+    const owed = this.#owed.get(socket);
+    if (this.#isHandling(owed)) return;
+    this.#givenUp.add(socket);
+    this.#stopArriving(owed);
+    if (!this.#hasWholeRequestInFlight(owed)) socket.end(refusal);
   }
 
   #sweep(): void {
@@ -199,16 +178,14 @@ export class Connections {
     const closingRefusal = this.#closing !== undefined && nowMs - this.#closing.sinceMs >= CLOSING_GRACE_MS ? this.#closing.refusal : undefined;
     for (const socket of this.#open) {
       if (socket.destroyed) continue;
-      const isGivenUp = !this.isOpen(socket) || closingRefusal !== undefined;
-      if (this.#isStalled(socket, nowMs, isGivenUp ? LINGER_MS : this.#sendTimeoutMs)) {
-        socket.destroy();
-      } else if (socket.writableEnded) {
-        const endedAtMs = this.#endedAtMs.get(socket);
-        if (endedAtMs === undefined) this.#endedAtMs.set(socket, nowMs);
-        else if (nowMs - endedAtMs >= LINGER_MS) socket.destroy();
-      } else if (closingRefusal !== undefined) {
+      if (this.isOpen(socket)) {
+        if (closingRefusal === undefined) continue;
         this.#giveUpWhileClosing(socket, closingRefusal);
       }
+      if (this.isOpen(socket) || this.#isHandling(this.#owed.get(socket))) continue;
+      const idleSinceMs = this.#idleSinceMs.get(socket);
+      if (idleSinceMs === undefined) this.#idleSinceMs.set(socket, nowMs);
+      else if (nowMs - idleSinceMs >= LINGER_MS) socket.destroy();
     }
     if (closingRefusal !== undefined) for (const socket of this.#handshaking.values()) socket.destroy();
   }
