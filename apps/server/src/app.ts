@@ -82,7 +82,8 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
       connections.refuse(socket, refusal, err);
     },
   });
-  const connections = new Connections(app.server, { isTls: options.https !== undefined });
+  // A reply must start to leave within the time a request may take to arrive.
+  const connections = new Connections(app.server, { isTls: options.https !== undefined, sendTimeoutMs: config.requestTimeoutMs });
   // What Node answers itself, with no body, gets the contract's shape as well (in order, after
   // the requests before it).
   app.server.on("connect", (_request, socket: Socket) => connections.refuse(socket, rawReply(400, "Bad Request", "ErrBadRequest", "CONNECT is not supported")));

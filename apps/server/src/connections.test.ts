@@ -27,8 +27,14 @@ beforeAll(() => {
 
 type Transport = "HTTP" | "HTTPS";
 
+interface KvUnderTest extends TestServer {
+  port: number;
+  /** The server's side of each connection, by the client's port (over TLS: the TLS socket, once its handshake is done). */
+  serverSides: Map<number, Socket>;
+}
+
 /** A kv app on a loopback port with the deadlines above (unless `env` says otherwise); closed after the test. */
-async function startServer(transport: Transport, env: Record<string, string> = {}, store: Store = new MemoryStore()): Promise<TestServer & { port: number }> {
+async function startServer(transport: Transport, env: Record<string, string> = {}, store: Store = new MemoryStore()): Promise<KvUnderTest> {
   const tls = transport === "HTTPS" ? { https: { cert: certificates.cert, key: certificates.key }, ca: certificates.ca } : {};
   const kv = await startTestServer(
     { KV_HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS), KV_REQUEST_TIMEOUT_MS: String(REQUEST_TIMEOUT_MS), ...env },
@@ -36,7 +42,21 @@ async function startServer(transport: Transport, env: Record<string, string> = {
     tls,
   );
   onTestFinished(() => kv.close());
-  return { ...kv, port: Number(new URL(kv.base).port) };
+  const serverSides = new Map<number, Socket>();
+  const note = (socket: Socket) => socket.remotePort !== undefined && serverSides.set(socket.remotePort, socket);
+  kv.app.server.on("connection", note);
+  kv.app.server.on("secureConnection", note);
+  return { ...kv, port: Number(new URL(kv.base).port), serverSides };
+}
+
+/**
+ * Resolves once the server has destroyed its side of `client`'s connection, while the client
+ * has read nothing and closed nothing; rejects after `ms`.
+ */
+async function untilLetGo(kv: KvUnderTest, client: RawClient, ms: number): Promise<void> {
+  const serverSide = () => kv.serverSides.get(client.socket.localPort as number);
+  await waitUntil(() => serverSide() !== undefined, 5_000, () => "the server never accepted the connection");
+  await waitUntil(() => serverSide()?.destroyed === true, ms, () => "the server still held the connection");
 }
 
 const connectionsOf = (kv: TestServer) =>
@@ -156,7 +176,8 @@ describe.each(["HTTP", "HTTPS"] as const)("over %s, a connection the server give
     const normal = normalClient(kv, transport);
     await untilConnections(kv, 1, 5_000);
     const neverReading = await rawClient(kv.port, { transport, ...client });
-    await untilConnections(kv, 1, givesUpAfterMs + LET_GO_MS); // only the normal client's is left
+    await untilLetGo(kv, neverReading, givesUpAfterMs + LET_GO_MS);
+    await untilConnections(kv, 1, LET_GO_MS); // only the normal client's is left
     expect(await neverReading.closed()).toMatch(reply);
     expect(await kv.store.get("slow")).toBeUndefined();
     expect((await normal.stop()).every((status) => status === 200)).toBe(true);
@@ -168,7 +189,7 @@ describe.each(["HTTP", "HTTPS"] as const)("over %s, a connection the server give
     const normal = normalClient(kv, transport);
     await untilConnections(kv, 1, 5_000);
     const neverReading = await rawClient(kv.port, { transport, first: `${get(kvPath("big")).repeat(10)}GARBAGE\r\n\r\n` });
-    await untilConnections(kv, 1, LET_GO_MS);
+    await untilLetGo(kv, neverReading, LET_GO_MS);
     expect(await neverReading.closed()).toMatch(/^HTTP\/1\.1 200 /);
     expect((await normal.stop()).every((status) => status === 200)).toBe(true);
   });
@@ -179,12 +200,42 @@ describe.each(["HTTP", "HTTPS"] as const)("over %s, a connection the server give
     await untilConnections(kv, 1, 5_000);
     const holder = await rawClient(kv.port, { transport, first: put("slow", "X-Slow: "), dribble: "a" });
     await untilConnections(kv, 2, 5_000);
-    const extra = await rawClient(kv.port, { first: get("/healthz"), dribble: "x" });
+    const extra = await rawClient(kv.port, { transport, first: get("/healthz"), dribble: "x" });
     expect(await extra.closed()).toBe("");
-    await untilConnections(kv, 1, HEADERS_TIMEOUT_MS + check + LET_GO_MS); // the holder, let go
+    await untilLetGo(kv, holder, HEADERS_TIMEOUT_MS + check + LET_GO_MS);
     expect(await holder.closed()).toMatch(/^HTTP\/1\.1 408 /);
     expect((await normal.stop()).every((status) => status === 200)).toBe(true);
   });
+});
+
+describe("replies the client does not read", () => {
+  it("end their connection once they stop leaving: after KV_REQUEST_TIMEOUT_MS and the time their size needs at 64 KiB/s", async () => {
+    const kv = await startServer("HTTP");
+    const value = "v".repeat(400_000);
+    await kv.store.putIfVersion("big", value, 0, undefined);
+    // 16 MB of replies: more than every buffer between server and client can hold.
+    const neverReading = await rawClient(kv.port, { first: get(kvPath("big")).repeat(40) });
+    await untilLetGo(kv, neverReading, REQUEST_TIMEOUT_MS + (value.length / (64 * 1024)) * 1_000 + LET_GO_MS + 5_000);
+  }, 30_000);
+
+  it("keep their connection while the client reads, however slowly (16 MB at 4 MB/s: more than the socket buffers hold for longer than KV_REQUEST_TIMEOUT_MS)", async () => {
+    const kv = await startServer("HTTP", { KV_MAX_VALUE_BYTES: String(16_000_000) });
+    const value = "v".repeat(16_000_000);
+    await kv.store.putIfVersion("big", value, 0, undefined);
+    const reader = await rawClient(kv.port, { first: get(kvPath("big")) });
+    let received = 0;
+    while (received <= value.length) {
+      const chunk: Buffer | null = reader.socket.read(256 * 1024) ?? reader.socket.read();
+      if (chunk === null) {
+        if (reader.socket.destroyed) break; // cut off
+        await sleep(50);
+        continue;
+      }
+      received += chunk.length;
+      await sleep(64); // 256 KB every 64 ms: about 4 MB/s
+    }
+    expect(received).toBeGreaterThan(value.length); // the headers and the whole value
+  }, 30_000);
 });
 
 describe("a request refused 408 is never applied", () => {

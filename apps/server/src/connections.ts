@@ -17,6 +17,15 @@ const LINGER_MS = 1_000;
 export const CLOSING_GRACE_MS = 1_000;
 // Connections are destroyed, or given up while closing, up to this late.
 const SWEEP_INTERVAL_MS = 250;
+// A reply must leave at this rate at least, after a grace of the send timeout: a client on a
+// slow link still gets a large value; one that does not read lets go of its connection.
+const MIN_SEND_BYTES_PER_SECOND = 64 * 1024;
+
+export interface ConnectionsOptions {
+  isTls: boolean;
+  /** How long a reply may make no progress at all before its connection is destroyed, plus the time its size needs at the least rate. */
+  sendTimeoutMs: number;
+}
 
 /**
  * The server's connections and when to let them go.
@@ -28,8 +37,10 @@ const SWEEP_INTERVAL_MS = 250;
  *   handled, it stays open {@link LINGER_MS} for its peer to read what was sent, then is
  *   destroyed, whether or not the peer reads or closes.
  * - Once closing, after {@link CLOSING_GRACE_MS}, a connection with no request being handled
- *   is given up on (refused 503 when it owes no reply); one still in its TLS handshake is
- *   destroyed.
+ *   is given up on: refused 503, after the replies it still owes; one still in its TLS
+ *   handshake is destroyed.
+ * - A connection whose replies stop leaving (its peer does not read) is destroyed: after
+ *   `sendTimeoutMs` with nothing sent, plus the time what waits needs at 64 KiB/s.
  */
 export class Connections {
   // Plain HTTP: every socket. HTTPS: each TLS socket once its handshake is done.
@@ -46,10 +57,14 @@ export class Connections {
   readonly #refused = new WeakSet<ServerResponse>();
   // connection → a raw refusal to send once its whole requests are answered
   readonly #pendingRefusals = new WeakMap<Socket, string>();
+  // connection → bytes of its replies that had left when last looked at, and since when no more have
+  readonly #sending = new Map<Socket, { sentBytes: number; sinceMs: number }>();
+  readonly #sendTimeoutMs: number;
   readonly #sweeper: NodeJS.Timeout;
   #closing: { refusal: string; sinceMs: number } | undefined;
 
-  constructor(server: Server, { isTls }: { isTls: boolean }) {
+  constructor(server: Server, { isTls, sendTimeoutMs }: ConnectionsOptions) {
+    this.#sendTimeoutMs = sendTimeoutMs;
     if (isTls) {
       server.on("connection", (socket: Socket) => {
         const peer = peerOf(socket);
@@ -133,6 +148,7 @@ export class Connections {
     socket.once("close", () => {
       this.#open.delete(socket);
       this.#idleSinceMs.delete(socket);
+      this.#sending.delete(socket);
     });
   }
 
@@ -155,6 +171,26 @@ export class Connections {
     return false;
   }
 
+  /**
+   * Whether the replies written to `socket` leave it no more: nothing sent for the send timeout
+   * plus what waits at the least rate. A write completes whole, so the bytes seen to leave move
+   * in steps of a reply: the rate allowance keeps a large one to a slow reader going.
+   */
+  #isStuck(socket: Socket, nowMs: number): boolean {
+    const waitingBytes = socket.writableLength;
+    if (waitingBytes === 0) {
+      this.#sending.delete(socket);
+      return false;
+    }
+    const sentBytes = socket.bytesWritten - waitingBytes;
+    const sending = this.#sending.get(socket);
+    if (sending?.sentBytes !== sentBytes) {
+      this.#sending.set(socket, { sentBytes, sinceMs: nowMs });
+      return false;
+    }
+    return nowMs - sending.sinceMs > this.#sendTimeoutMs + (waitingBytes / MIN_SEND_BYTES_PER_SECOND) * 1_000;
+  }
+
   /** Whether a whole request on the connection is still being handled (its reply not written). */
   #isHandling(owed: Set<ServerResponse> | undefined): boolean {
     for (const response of owed ?? []) if (response.req.complete && !this.#refused.has(response) && !response.writableEnded) return true;
@@ -162,15 +198,12 @@ export class Connections {
   }
 
   /**
-   * Closing: gives `socket` up unless a request on it is being handled. It gets the refusal if
-   * it owes no reply; replies written but not yet read are left to go out while it lingers.
+   * Closing: gives `socket` up unless a request on it is being handled, with the refusal after
+   * the replies still on their way out (they go while it lingers).
    */
   #giveUpWhileClosing(socket: Socket, refusal: string): void {
-    const owed = this.#owed.get(socket);
-    if (this.#isHandling(owed)) return;
-    this.#givenUp.add(socket);
-    this.#stopArriving(owed);
-    if (!this.#hasWholeRequestInFlight(owed)) socket.end(refusal);
+    if (this.#isHandling(this.#owed.get(socket))) return;
+    this.refuse(socket, refusal);
   }
 
   #sweep(): void {
@@ -178,6 +211,10 @@ export class Connections {
     const closingRefusal = this.#closing !== undefined && nowMs - this.#closing.sinceMs >= CLOSING_GRACE_MS ? this.#closing.refusal : undefined;
     for (const socket of this.#open) {
       if (socket.destroyed) continue;
+      if (this.#isStuck(socket, nowMs)) {
+        socket.destroy();
+        continue;
+      }
       if (this.isOpen(socket)) {
         if (closingRefusal === undefined) continue;
         this.#giveUpWhileClosing(socket, closingRefusal);
