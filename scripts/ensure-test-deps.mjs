@@ -23,7 +23,10 @@ if (missing.length > 0) {
   if (process.getuid?.() === 0 && has("apt-get")) {
     console.log(`installing ${missing.join(" and ")} from Debian's packages (${packages.join(", ")})…`);
     execFileSync("apt-get", ["update", "-qq"], { stdio: "inherit" });
-    execFileSync("apt-get", ["install", "-y", "-qq", ...packages], { stdio: "inherit", env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+    execFileSync("apt-get", ["install", "-y", "-qq", ...packages], {
+      stdio: "inherit",
+      env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
+    });
   } else {
     console.error(`${what} need ${missing.join(" and ")}: install them first, e.g. sudo apt-get install ${packages.join(" ")}`);
     process.exit(1);

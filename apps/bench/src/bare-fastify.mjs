@@ -18,7 +18,8 @@ app.put("/v1/kv/:key", async (request, reply) => {
   const { key } = request.params;
   const { value, version } = request.body;
   const current = entries.get(key);
-  if ((current?.version ?? 0) !== version) return reply.code(current === undefined ? 404 : 409).send({ err: current === undefined ? "ErrNoKey" : "ErrVersion" });
+  if ((current?.version ?? 0) !== version)
+    return reply.code(current === undefined ? 404 : 409).send({ err: current === undefined ? "ErrNoKey" : "ErrVersion" });
   entries.set(key, { value, version: version + 1 });
   return { err: "OK", version: version + 1 };
 });

@@ -39,7 +39,12 @@ async function handoffs(store: "memory" | "lmdb", settings: Settings): Promise<F
   const handoffs = settings.handoffs;
   return withResources(async (r) => {
     const kv = r.add(await startKv(store), (s) => s.stop());
-    const locks = Array.from({ length: contenders }, () => createLock(r.add(createClerk({ endpoints: [kv.url] }), (c) => c.close()), "s9-lock"));
+    const locks = Array.from({ length: contenders }, () =>
+      createLock(
+        r.add(createClerk({ endpoints: [kv.url] }), (c) => c.close()),
+        "s9-lock",
+      ),
+    );
     const latencies: number[] = [];
     let releasedAt: number | undefined;
     let acquisitions = 0;
@@ -68,7 +73,10 @@ async function handoffs(store: "memory" | "lmdb", settings: Settings): Promise<F
     const stopWaiting = new AbortController();
     setMaxListeners(0, stopWaiting.signal); // shared by the 100 waiters
     const waiters = Array.from({ length: IDLE_WAITERS }, () =>
-      createLock(r.add(createClerk({ endpoints: [kv.url] }), (c) => c.close()), "s9-lock")
+      createLock(
+        r.add(createClerk({ endpoints: [kv.url] }), (c) => c.close()),
+        "s9-lock",
+      )
         .acquire({ signal: stopWaiting.signal })
         .catch(() => undefined),
     );

@@ -100,7 +100,13 @@ export async function compare(
   plan: { workers: number; rounds: number; warmupMs?: number; roundMs?: number; warmupCount?: number; roundCount?: number },
 ): Promise<SystemFigures[]> {
   const load = (c: Contender, durationMs: number | undefined, count: number | undefined) =>
-    runLoad({ workers: plan.workers, op: c.op, serverPids: c.serverPids, ...(durationMs !== undefined && { durationMs }), ...(count !== undefined && { count }) });
+    runLoad({
+      workers: plan.workers,
+      op: c.op,
+      serverPids: c.serverPids,
+      ...(durationMs !== undefined && { durationMs }),
+      ...(count !== undefined && { count }),
+    });
   for (const c of contenders) await load(c, plan.warmupMs, plan.warmupCount);
   const stretches = contenders.map((): Stretch[] => []);
   for (let round = 0; round < plan.rounds; round++) {

@@ -14,10 +14,21 @@ import { parseSettings, type Settings } from "./settings";
 import { assertInstalled } from "./systems";
 import { s1, s2, s3, s4, s6, s7 } from "./throughput-scenarios";
 
-const SCENARIOS: Record<string, (settings: Settings) => Promise<Omit<ScenarioResult, "seconds">>> = { S1: s1, S2: s2, S3: s3, S4: s4, S5: s5, S6: s6, S7: s7, S8: s8, S9: s9 };
+const SCENARIOS: Record<string, (settings: Settings) => Promise<Omit<ScenarioResult, "seconds">>> = {
+  S1: s1,
+  S2: s2,
+  S3: s3,
+  S4: s4,
+  S5: s5,
+  S6: s6,
+  S7: s7,
+  S8: s8,
+  S9: s9,
+};
 
 const settings = parseSettings(process.argv.slice(2));
-for (const id of settings.only ?? []) if (!(id in SCENARIOS)) throw new TypeError(`--only: no scenario ${id} (there are ${Object.keys(SCENARIOS).join(", ")})`);
+for (const id of settings.only ?? [])
+  if (!(id in SCENARIOS)) throw new TypeError(`--only: no scenario ${id} (there are ${Object.keys(SCENARIOS).join(", ")})`);
 assertInstalled();
 const machine = describeMachine();
 const startedAt = new Date().toISOString();
@@ -25,7 +36,9 @@ const t0 = performance.now();
 console.log(
   `kv bench, ${settings.mode} run: ${machine.nproc} × ${machine.cpuModel}, Node ${machine.node}, etcd ${machine.etcd}, Redis ${machine.redis}\n` +
     `${settings.workers} workers; warm-up ${settings.warmupMs} ms, then ${settings.rounds} interleaved rounds of ${settings.roundMs} ms per system\n` +
-    (settings.mode === "quick" ? "quick: short rounds on a cold JIT show that every scenario runs, not how fast anything is; the full run measures\n" : ""),
+    (settings.mode === "quick"
+      ? "quick: short rounds on a cold JIT show that every scenario runs, not how fast anything is; the full run measures\n"
+      : ""),
 );
 
 const scenarios: ScenarioResult[] = [];
@@ -39,7 +52,15 @@ for (const [id, run] of Object.entries(SCENARIOS)) {
 const seconds = (performance.now() - t0) / 1000;
 console.log(formatGoals(scenarios));
 
-const run = { suite: "kv bench (issue 8)", mode: settings.mode, startedAt, seconds, machine, settings: { ...settings, only: settings.only && [...settings.only] }, scenarios };
+const run = {
+  suite: "kv bench (issue 8)",
+  mode: settings.mode,
+  startedAt,
+  seconds,
+  machine,
+  settings: { ...settings, only: settings.only && [...settings.only] },
+  scenarios,
+};
 mkdirSync(dirname(settings.outPath), { recursive: true });
 writeFileSync(settings.outPath, `${JSON.stringify(run, null, 2)}\n`);
 console.log(`\n${settings.mode} run: ${seconds.toFixed(0)} s; results in ${settings.outPath}`);

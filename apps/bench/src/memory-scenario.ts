@@ -31,7 +31,8 @@ async function heapUsedBytes(url: string): Promise<number> {
   const res = await request(`${url}/metrics`);
   const text = await res.body.text();
   const match = /^nodejs_heap_size_used_bytes (\d+)/m.exec(text);
-  if (res.statusCode !== 200 || match?.[1] === undefined) throw new Error(`no nodejs_heap_size_used_bytes in ${url}/metrics (${res.statusCode})`);
+  if (res.statusCode !== 200 || match?.[1] === undefined)
+    throw new Error(`no nodejs_heap_size_used_bytes in ${url}/metrics (${res.statusCode})`);
   return Number(match[1]);
 }
 
@@ -54,7 +55,12 @@ export async function s8(settings: Settings): Promise<Omit<ScenarioResult, "seco
     };
 
     // The same requests first on keys of their own, so the JIT and the heap are warm.
-    await runLoad({ workers, op: conditionalPuts(client, new KeySpace("warm-", WARMUP_KEYS, workers)), serverPids: [], count: perWorker(WARMUP_KEYS) });
+    await runLoad({
+      workers,
+      op: conditionalPuts(client, new KeySpace("warm-", WARMUP_KEYS, workers)),
+      serverPids: [],
+      count: perWorker(WARMUP_KEYS),
+    });
     const empty = await sample();
 
     // A worker owning fewer keys than `perWorker` updates one of its keys again: in place, no growth.
@@ -116,12 +122,20 @@ export async function s8(settings: Settings): Promise<Omit<ScenarioResult, "seco
         { label: `RSS after ${n(firstClients)} clients`, value: steady.rss / MiB, unit: "MiB" },
         { label: `RSS after ${n(clients)} clients, before GC`, value: after.asIs / MiB, unit: "MiB" },
         { label: `RSS after ${n(clients)} clients`, value: after.rss / MiB, unit: "MiB" },
-        { label: `RSS growth per client over the last ${n(clients - firstClients)}`, value: (after.rss - steady.rss) / (clients - firstClients), unit: "bytes" },
+        {
+          label: `RSS growth per client over the last ${n(clients - firstClients)}`,
+          value: (after.rss - steady.rss) / (clients - firstClients),
+          unit: "bytes",
+        },
         { label: `heap growth over all ${n(clients)} clients`, value: (after.heap - loaded.heap) / MiB, unit: "MiB" },
       ],
       ratios: [
         { label: "RSS bytes per key beyond the 100 value bytes", value: bytesPerKey - VALUE.length, goal: { max: 250 } },
-        { label: `RSS growth over the last ${n(clients - firstClients)} clients, % (flat)`, value: ((after.rss - steady.rss) / steady.rss) * 100, goal: { max: FLAT_PERCENT } },
+        {
+          label: `RSS growth over the last ${n(clients - firstClients)} clients, % (flat)`,
+          value: ((after.rss - steady.rss) / steady.rss) * 100,
+          goal: { max: FLAT_PERCENT },
+        },
       ],
     };
   });

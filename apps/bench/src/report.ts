@@ -24,9 +24,20 @@ export function formatScenario(s: ScenarioResult): string {
   if (s.measures !== undefined) lines.push(`    (${s.measures})`);
   if (s.systems.length > 0) {
     const widths = [Math.max(18, ...s.systems.map((f) => f.name.length)), 9, 8, 8, 11, 10, 10, 13];
-    lines.push(`    ${row(["system", "ops/s", "p50 ms", "p99 ms", "server CPU", "bench CPU", "other CPU", "server µs/op"], widths)}   ops/s by round`);
+    lines.push(
+      `    ${row(["system", "ops/s", "p50 ms", "p99 ms", "server CPU", "bench CPU", "other CPU", "server µs/op"], widths)}   ops/s by round`,
+    );
     for (const f of s.systems) {
-      const cells = [f.name, ops(f.opsPerSec), ms(f.p50Ms), ms(f.p99Ms), cores(f.serverCores), cores(f.clientCores), cores(f.otherCores), ops(f.serverCpuUsPerOp)];
+      const cells = [
+        f.name,
+        ops(f.opsPerSec),
+        ms(f.p50Ms),
+        ms(f.p99Ms),
+        cores(f.serverCores),
+        cores(f.clientCores),
+        cores(f.otherCores),
+        ops(f.serverCpuUsPerOp),
+      ];
       lines.push(`    ${row(cells, widths)}   ${f.opsPerSecByRound.map(ops).join(" · ")}`);
     }
   }
@@ -67,15 +78,28 @@ function markdownScenario(s: ScenarioResult): string {
     lines.push("");
   }
   lines.push("| ratio | measured | goal |", "|---|--:|---|");
-  for (const r of s.ratios) lines.push(`| ${r.label} | ${ratio(r.value)} | ${r.goal === undefined ? "—" : `${describeGoal(r.goal)}: ${isMet(r.value, r.goal) ? "met" : "**not met**"}`} |`);
+  for (const r of s.ratios)
+    lines.push(
+      `| ${r.label} | ${ratio(r.value)} | ${r.goal === undefined ? "—" : `${describeGoal(r.goal)}: ${isMet(r.value, r.goal) ? "met" : "**not met**"}`} |`,
+    );
   return lines.join("\n");
 }
 
 /** BENCHMARKS.md: the machine, how to reproduce, the goals, every scenario's table. */
-export function formatMarkdown(run: { startedAt: string; seconds: number; machine: Machine; settings: Settings; scenarios: readonly ScenarioResult[] }): string {
+export function formatMarkdown(run: {
+  startedAt: string;
+  seconds: number;
+  machine: Machine;
+  settings: Settings;
+  scenarios: readonly ScenarioResult[];
+}): string {
   const { machine, settings, scenarios } = run;
   const goals = scenarios.flatMap((s) =>
-    s.ratios.flatMap((r) => (r.goal === undefined ? [] : [`| ${s.id} | ${r.label} | ${ratio(r.value)} | ${describeGoal(r.goal)} | ${isMet(r.value, r.goal) ? "met" : "**not met**"} |`])),
+    s.ratios.flatMap((r) =>
+      r.goal === undefined
+        ? []
+        : [`| ${s.id} | ${r.label} | ${ratio(r.value)} | ${describeGoal(r.goal)} | ${isMet(r.value, r.goal) ? "met" : "**not met**"} |`],
+    ),
   );
   return `# Benchmarks
 

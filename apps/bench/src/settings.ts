@@ -63,12 +63,19 @@ function workspaceRoot(): string {
 export function parseSettings(argv: readonly string[]): Settings {
   const { values } = parseArgs({
     args: argv.filter((a) => a !== "--"),
-    options: { quick: { type: "boolean", default: false }, out: { type: "string" }, only: { type: "string" }, baseline: { type: "string" } },
+    options: {
+      quick: { type: "boolean", default: false },
+      out: { type: "string" },
+      only: { type: "string" },
+      baseline: { type: "string" },
+    },
   });
   // pnpm runs scripts in the package's folder; INIT_CWD is where the command was typed.
   const typedFrom = process.env.INIT_CWD ?? process.cwd();
-  const baselineEntry = values.baseline === undefined ? undefined : join(resolve(typedFrom, values.baseline), "apps", "server", "dist", "main.js");
-  if (baselineEntry !== undefined && !existsSync(baselineEntry)) throw new TypeError(`--baseline: ${baselineEntry} does not exist (build that checkout first)`);
+  const baselineEntry =
+    values.baseline === undefined ? undefined : join(resolve(typedFrom, values.baseline), "apps", "server", "dist", "main.js");
+  if (baselineEntry !== undefined && !existsSync(baselineEntry))
+    throw new TypeError(`--baseline: ${baselineEntry} does not exist (build that checkout first)`);
   const quick = values.quick === true;
   const only = values.only === undefined ? undefined : new Set(values.only.split(",").map((s) => s.trim().toUpperCase()));
   const defaultOut = join(PACKAGE_ROOT, "results", quick ? "latest-quick.json" : "latest.json");

@@ -28,12 +28,19 @@ const READY_TIMEOUT_MS = 20_000;
  * dir) or etcd endpoints. `inspect`: with Node's inspector on a free loopback port (S8 forces GCs
  * through it).
  */
-export async function startKv(store: "memory" | "lmdb" | { etcd: readonly string[] }, options: { inspect?: boolean; entry?: string } = {}): Promise<Server> {
+export async function startKv(
+  store: "memory" | "lmdb" | { etcd: readonly string[] },
+  options: { inspect?: boolean; entry?: string } = {},
+): Promise<Server> {
   const dir = store === "lmdb" ? mkdtempSync(join(tmpdir(), "kv-bench-lmdb-")) : undefined;
   const spec = store === "memory" ? "memory" : store === "lmdb" ? `lmdb:${dir}` : `etcd:${store.etcd.join(",")}`;
   // The harness sets KV_LOG_LEVEL=info to learn the port; at info kv logs no line per request.
   const env = { KV_STORE: spec, ...(options.inspect === true && { NODE_OPTIONS: "--inspect=127.0.0.1:0" }) };
-  const server = await startServerProcess({ env, readyTimeoutMs: READY_TIMEOUT_MS, ...(options.entry !== undefined && { entry: options.entry }) });
+  const server = await startServerProcess({
+    env,
+    readyTimeoutMs: READY_TIMEOUT_MS,
+    ...(options.entry !== undefined && { entry: options.entry }),
+  });
   const inspectorUrl = /Debugger listening on (ws:\/\/\S+)/.exec(server.output())?.[1];
   if (options.inspect === true && inspectorUrl === undefined) {
     await server.stop();
@@ -223,9 +230,12 @@ export function assertInstalled(): void {
     try {
       execFileSync(command, ["--version"], { stdio: "pipe" });
     } catch (err) {
-      throw new Error(`the benchmarks run ${command}, which is not on PATH: apt-get install ${pkg} (node scripts/ensure-test-deps.mjs --bench does)`, {
-        cause: err,
-      });
+      throw new Error(
+        `the benchmarks run ${command}, which is not on PATH: apt-get install ${pkg} (node scripts/ensure-test-deps.mjs --bench does)`,
+        {
+          cause: err,
+        },
+      );
     }
   }
 }

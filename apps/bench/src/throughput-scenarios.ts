@@ -66,7 +66,12 @@ async function measure(settings: Settings, contenders: readonly Contender[], wor
 
 export async function s1(settings: Settings): Promise<Omit<ScenarioResult, "seconds">> {
   return withResources(async (r) => {
-    const [kv, bare, etcdServer, redisServer] = [await serve(r, () => startKv("memory")), await serve(r, startBareFastify), await serve(r, startEtcd), await serve(r, startRedis)];
+    const [kv, bare, etcdServer, redisServer] = [
+      await serve(r, () => startKv("memory")),
+      await serve(r, startBareFastify),
+      await serve(r, startEtcd),
+      await serve(r, startRedis),
+    ];
     const baseline = await serveBaseline(r, settings, "memory");
     const systems = await measure(settings, [
       putter("kv (memory)", http(r, kv, settings), kv.pids, settings),
@@ -85,7 +90,10 @@ export async function s1(settings: Settings): Promise<Omit<ScenarioResult, "seco
         { label: "kv ÷ bare Fastify", value: throughputRatio(systems, "kv (memory)", "bare Fastify"), goal: { min: 0.9 } },
         { label: "kv ÷ Redis", value: throughputRatio(systems, "kv (memory)", "Redis (Lua CAS)") },
         // Who runs out of CPU first on 2 cores decides ops/s; CPU per op is what each server costs.
-        { label: "kv ÷ bare Fastify, by server CPU per op", value: figuresOf(systems, "bare Fastify").serverCpuUsPerOp / figuresOf(systems, "kv (memory)").serverCpuUsPerOp },
+        {
+          label: "kv ÷ bare Fastify, by server CPU per op",
+          value: figuresOf(systems, "bare Fastify").serverCpuUsPerOp / figuresOf(systems, "kv (memory)").serverCpuUsPerOp,
+        },
         ...baselineRatios(systems, "kv (memory)", baseline),
       ],
     };
@@ -94,7 +102,11 @@ export async function s1(settings: Settings): Promise<Omit<ScenarioResult, "seco
 
 export async function s2(settings: Settings): Promise<Omit<ScenarioResult, "seconds">> {
   return withResources(async (r) => {
-    const [lmdb, etcdServer, memory] = [await serve(r, () => startKv("lmdb")), await serve(r, startEtcd), await serve(r, () => startKv("memory"))];
+    const [lmdb, etcdServer, memory] = [
+      await serve(r, () => startKv("lmdb")),
+      await serve(r, startEtcd),
+      await serve(r, () => startKv("memory")),
+    ];
     const baseline = await serveBaseline(r, settings, "lmdb");
     const systems = await measure(settings, [
       putter("kv (LMDB)", http(r, lmdb, settings), lmdb.pids, settings),
@@ -135,7 +147,11 @@ export async function s3(settings: Settings): Promise<Omit<ScenarioResult, "seco
       systems,
       figures: [],
       ratios: [
-        { label: "kv-LMDB p50 ÷ etcd p50", value: figuresOf(systems, "kv (LMDB)").p50Ms / figuresOf(systems, "etcd").p50Ms, goal: { max: 1 } },
+        {
+          label: "kv-LMDB p50 ÷ etcd p50",
+          value: figuresOf(systems, "kv (LMDB)").p50Ms / figuresOf(systems, "etcd").p50Ms,
+          goal: { max: 1 },
+        },
         { label: "kv-LMDB p99 ÷ etcd p99", value: figuresOf(systems, "kv (LMDB)").p99Ms / figuresOf(systems, "etcd").p99Ms },
         ...baselineRatios(systems, "kv (LMDB)", baseline),
       ],
@@ -145,7 +161,11 @@ export async function s3(settings: Settings): Promise<Omit<ScenarioResult, "seco
 
 export async function s4(settings: Settings): Promise<Omit<ScenarioResult, "seconds">> {
   return withResources(async (r) => {
-    const [memory, lmdb, etcdServer] = [await serve(r, () => startKv("memory")), await serve(r, () => startKv("lmdb")), await serve(r, startEtcd)];
+    const [memory, lmdb, etcdServer] = [
+      await serve(r, () => startKv("memory")),
+      await serve(r, () => startKv("lmdb")),
+      await serve(r, startEtcd),
+    ];
     const baseline = await serveBaseline(r, settings, "memory");
     const reader = async (name: string, client: VersionedClient, pids: readonly number[]): Promise<Contender> => {
       const space = new KeySpace(`${slug(name)}/`, settings.keys, settings.workers);
@@ -195,7 +215,10 @@ export async function s7(settings: Settings): Promise<Omit<ScenarioResult, "seco
   return withResources(async (r) => {
     const kv = await serve(r, () => startKv("memory"));
     const clerk = createClerkClient(r.add(createClerk({ endpoints: [kv.url] }), (c) => c.close()));
-    const systems = await measure(settings, [putter("raw undici", http(r, kv, settings), kv.pids, settings), putter("@kv/clerk", clerk, kv.pids, settings)]);
+    const systems = await measure(settings, [
+      putter("raw undici", http(r, kv, settings), kv.pids, settings),
+      putter("@kv/clerk", clerk, kv.pids, settings),
+    ]);
     return {
       id: "S7",
       title: `clerk overhead: conditional put to one kv server (memory), ${settings.workers} workers`,
@@ -203,7 +226,10 @@ export async function s7(settings: Settings): Promise<Omit<ScenarioResult, "seco
       figures: [],
       ratios: [
         { label: "clerk ÷ raw undici", value: throughputRatio(systems, "@kv/clerk", "raw undici"), goal: { min: 0.9 } },
-        { label: "clerk ÷ raw undici, by bench CPU per op", value: figuresOf(systems, "raw undici").clientCpuUsPerOp / figuresOf(systems, "@kv/clerk").clientCpuUsPerOp },
+        {
+          label: "clerk ÷ raw undici, by bench CPU per op",
+          value: figuresOf(systems, "raw undici").clientCpuUsPerOp / figuresOf(systems, "@kv/clerk").clientCpuUsPerOp,
+        },
       ],
     };
   });

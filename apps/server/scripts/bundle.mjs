@@ -42,7 +42,9 @@ if (!args.values["no-build"]) {
 const execPath = process.env.npm_execpath;
 const [pnpm, ...pnpmArgs] =
   execPath !== undefined && basename(execPath).startsWith("pnpm")
-    ? /\.[cm]?js$/.test(execPath) ? [process.execPath, execPath] : [execPath]
+    ? /\.[cm]?js$/.test(execPath)
+      ? [process.execPath, execPath]
+      : [execPath]
     : ["npx", "-y", JSON.parse(readFileSync(join(root, "package.json"), "utf8")).packageManager];
 // pnpm 10 deploys workspace packages only when they are injected (copied with their `files`,
 // i.e. dist, rather than linked into the repository); the setting applies to this command alone.
@@ -61,6 +63,8 @@ try {
     stdio: ["ignore", "ignore", "pipe"],
   });
 } catch (err) {
-  fail(`lmdb does not load from the bundle (is its prebuilt binary, @lmdb/lmdb-${process.platform}-${process.arch}, missing?):\n${err.stderr}`);
+  fail(
+    `lmdb does not load from the bundle (is its prebuilt binary, @lmdb/lmdb-${process.platform}-${process.arch}, missing?):\n${err.stderr}`,
+  );
 }
 process.stdout.write(`bundle: wrote ${out}; run it with: node ${join(out, "dist/main.js")}\n`);

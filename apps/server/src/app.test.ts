@@ -1,5 +1,12 @@
 import { kvPath, MAX_VERSION } from "@kv/rpc";
-import { MemoryStore, type PutIfVersionResult, type Store, type StoredEntry, StoreOutcomeUnknownError, StoreUnavailableError } from "@kv/server";
+import {
+  MemoryStore,
+  type PutIfVersionResult,
+  type Store,
+  type StoredEntry,
+  StoreOutcomeUnknownError,
+  StoreUnavailableError,
+} from "@kv/server";
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { type Reply, startTestServer, type TestServer } from "./testing";
 
@@ -90,7 +97,23 @@ describe("GET and PUT /v1/kv/:key (contract §2 over HTTP)", () => {
 });
 
 describe("keys are opaque strings", () => {
-  const oddKeys = ["a/b", "%", "%2F", "a b", "a?b#c&d=e", "ключ", "🔑", "__proto__", "constructor", ".", "..", "../x", "\u0000", "+", "x".repeat(4096)];
+  const oddKeys = [
+    "a/b",
+    "%",
+    "%2F",
+    "a b",
+    "a?b#c&d=e",
+    "ключ",
+    "🔑",
+    "__proto__",
+    "constructor",
+    ".",
+    "..",
+    "../x",
+    "\u0000",
+    "+",
+    "x".repeat(4096),
+  ];
 
   it.each(oddKeys.map((k) => [JSON.stringify(k).slice(0, 30), k]))("round-trips the key %s unchanged", async (_, key) => {
     expect(await kv.put(key, { value: `value of ${key}`, version: 0 })).toMatchObject({ status: 200, body: { version: 1 } });
@@ -106,7 +129,9 @@ describe("keys are opaque strings", () => {
 
 describe("bad input is refused with the contract's reply and changes nothing", () => {
   const json = { "content-type": "application/json" };
-  const cases: Array<[name: string, method: string, path: string, body: unknown, headers: Record<string, string>, status: number, err: string]> = [
+  const cases: Array<
+    [name: string, method: string, path: string, body: unknown, headers: Record<string, string>, status: number, err: string]
+  > = [
     ["a missing value", "PUT", "/v1/kv/guarded", { version: 1 }, {}, 400, "ErrBadRequest"],
     ["a missing version", "PUT", "/v1/kv/guarded", { value: "x" }, {}, 400, "ErrBadRequest"],
     ["an extra field", "PUT", "/v1/kv/guarded", { value: "x", version: 1, ttl: 5 }, {}, 400, "ErrBadRequest"],
@@ -128,12 +153,28 @@ describe("bad input is refused with the contract's reply and changes nothing", (
     ["an empty JSON body", "PUT", "/v1/kv/guarded", "", json, 400, "ErrBadRequest"],
     ["no body at all", "PUT", "/v1/kv/guarded", undefined, {}, 400, "ErrBadRequest"],
     ["a text/plain body", "PUT", "/v1/kv/guarded", '{"value":"x","version":1}', { "content-type": "text/plain" }, 400, "ErrBadRequest"],
-    ["a form body", "PUT", "/v1/kv/guarded", "value=x&version=1", { "content-type": "application/x-www-form-urlencoded" }, 400, "ErrBadRequest"],
+    [
+      "a form body",
+      "PUT",
+      "/v1/kv/guarded",
+      "value=x&version=1",
+      { "content-type": "application/x-www-form-urlencoded" },
+      400,
+      "ErrBadRequest",
+    ],
     ["an unknown query parameter", "PUT", "/v1/kv/guarded?force=1", { value: "x", version: 1 }, {}, 400, "ErrBadRequest"],
     ["an empty key", "PUT", "/v1/kv/", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
     ["no key segment", "PUT", "/v1/kv", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
     ["a key of 4097 bytes", "PUT", `/v1/kv/${"k".repeat(4097)}`, { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
-    ["a key too long for Node's 16 KiB request head", "PUT", `/v1/kv/${encodeURIComponent("é".repeat(3000))}`, { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
+    [
+      "a key too long for Node's 16 KiB request head",
+      "PUT",
+      `/v1/kv/${encodeURIComponent("é".repeat(3000))}`,
+      { value: "x", version: 0 },
+      {},
+      400,
+      "ErrBadRequest",
+    ],
     ["malformed percent-encoding", "PUT", "/v1/kv/%zz", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
     ["truncated UTF-8 in the key", "PUT", "/v1/kv/%E2%82", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
     ["a DELETE", "DELETE", "/v1/kv/guarded", undefined, {}, 405, "ErrMethodNotAllowed"],

@@ -46,7 +46,9 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   let requests = 0;
   const app = Fastify({
     // Over TLS the handshake comes before the headers: it gets the same deadline.
-    ...(options.https === undefined ? { http: serverOptions } : { https: { ...serverOptions, handshakeTimeout: config.headersTimeoutMs, ...options.https } }),
+    ...(options.https === undefined
+      ? { http: serverOptions }
+      : { https: { ...serverOptions, handshakeTimeout: config.headersTimeoutMs, ...options.https } }),
     requestTimeout: config.requestTimeoutMs,
     keepAliveTimeout: config.keepAliveTimeoutMs,
     logger: { level: config.logLevel, redact: ["req.headers.authorization"] },
@@ -86,7 +88,9 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   const connections = new Connections(app.server, { isTls: options.https !== undefined, sendTimeoutMs: config.requestTimeoutMs });
   // What Node answers itself, with no body, gets the contract's shape as well (in order, after
   // the requests before it).
-  app.server.on("connect", (_request, socket: Socket) => connections.refuse(socket, rawReply(400, "Bad Request", "ErrBadRequest", "CONNECT is not supported")));
+  app.server.on("connect", (_request, socket: Socket) =>
+    connections.refuse(socket, rawReply(400, "Bad Request", "ErrBadRequest", "CONNECT is not supported")),
+  );
   app.server.on("checkExpectation", (request, response) => {
     const body = JSON.stringify({ err: "ErrBadRequest", message: `unsupported expectation: ${request.headers.expect}` });
     response.writeHead(417, { "content-type": "application/json", "content-length": Buffer.byteLength(body) }).end(body);
@@ -133,9 +137,7 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
     return refuse(reply, "ErrInternal", "internal error");
   });
 
-  app.setNotFoundHandler((request, reply) =>
-    refuse(reply, "ErrNotFound", `no route ${request.method} ${request.url.split("?")[0]}`),
-  );
+  app.setNotFoundHandler((request, reply) => refuse(reply, "ErrNotFound", `no route ${request.method} ${request.url.split("?")[0]}`));
 
   // While closing: requests already running are answered; a request that arrives now is refused
   // before it touches the store, so a clerk may retry it elsewhere without ambiguity. Every

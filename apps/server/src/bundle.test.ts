@@ -88,10 +88,14 @@ describe("the bundle (pnpm deploy of @kv/server-app), copied out of the reposito
     }
     // Resolved in a clean process: this one has the repository's node_modules on NODE_PATH.
     const binary = `@lmdb/lmdb-${process.platform}-${process.arch}/package.json`;
-    const { stdout } = await run(process.execPath, ["-p", `require("lmdb"); require("node:module").createRequire(require.resolve("lmdb")).resolve("${binary}")`], {
-      cwd: realpathSync(join(bundle, "node_modules/@kv/store-lmdb")),
-      env: {},
-    });
+    const { stdout } = await run(
+      process.execPath,
+      ["-p", `require("lmdb"); require("node:module").createRequire(require.resolve("lmdb")).resolve("${binary}")`],
+      {
+        cwd: realpathSync(join(bundle, "node_modules/@kv/store-lmdb")),
+        env: {},
+      },
+    );
     expect(stdout.trim().startsWith(`${bundle}/`)).toBe(true);
     // pnpm's layout is symlinks: every one must land inside the copy.
     const links = readdirSync(bundle, { recursive: true, withFileTypes: true }).filter((e) => e.isSymbolicLink());

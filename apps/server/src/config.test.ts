@@ -54,7 +54,11 @@ describe("parseConfig", () => {
     ["lmdb:/var/lib/kv", {}, { kind: "lmdb", path: "/var/lib/kv" }],
     ["lmdb:data.v1", {}, { kind: "lmdb", path: "data.v1" }],
     ["etcd:http://10.0.0.1:2379", {}, { kind: "etcd", endpoints: ["http://10.0.0.1:2379"], prefix: "kv/" }],
-    ["etcd:http://a:2379,https://b:2379", { KV_ETCD_PREFIX: "team-a/" }, { kind: "etcd", endpoints: ["http://a:2379", "https://b:2379"], prefix: "team-a/" }],
+    [
+      "etcd:http://a:2379,https://b:2379",
+      { KV_ETCD_PREFIX: "team-a/" },
+      { kind: "etcd", endpoints: ["http://a:2379", "https://b:2379"], prefix: "team-a/" },
+    ],
   ])("reads KV_STORE=%s", (value, extra, store) => {
     expect(parseConfig({ KV_STORE: value, ...extra }, []).store).toEqual(store);
   });
@@ -120,7 +124,10 @@ describe("parseConfig", () => {
     [{ KV_MAX_IN_FLIGHT: "0" }, "KV_MAX_IN_FLIGHT must be an integer from 1"],
     [{ KV_MAX_CONNECTIONS: "many" }, "KV_MAX_CONNECTIONS must be an integer"],
     [{ KV_MAX_EVENT_LOOP_DELAY_MS: "-5" }, "KV_MAX_EVENT_LOOP_DELAY_MS must be an integer from 0"],
-    [{ KV_HEADERS_TIMEOUT_MS: "5000", KV_REQUEST_TIMEOUT_MS: "4000" }, "KV_REQUEST_TIMEOUT_MS must be at least KV_HEADERS_TIMEOUT_MS (5000)"],
+    [
+      { KV_HEADERS_TIMEOUT_MS: "5000", KV_REQUEST_TIMEOUT_MS: "4000" },
+      "KV_REQUEST_TIMEOUT_MS must be at least KV_HEADERS_TIMEOUT_MS (5000)",
+    ],
   ])("refuses %j, naming the variable", (env, message) => {
     const problems = problemsOf(env);
     expect(problems).toHaveLength(1);

@@ -143,7 +143,8 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
   if (isMetricsAuthRequired && authToken === undefined) problems.push(`${metricsAuth?.name}=true needs ${SETTINGS["auth-token"]}`);
 
   const [cert, key] = [raw("tls-cert"), raw("tls-key")];
-  if ((cert === undefined) !== (key === undefined)) problems.push(`${SETTINGS["tls-cert"]} and ${SETTINGS["tls-key"]} go together: set both or neither`);
+  if ((cert === undefined) !== (key === undefined))
+    problems.push(`${SETTINGS["tls-cert"]} and ${SETTINGS["tls-key"]} go together: set both or neither`);
   for (const setting of [cert, key]) if (setting?.value === "") problems.push(`${setting.name} must be a file path`);
   const tls = cert !== undefined && key !== undefined ? Object.freeze({ certPath: cert.value, keyPath: key.value }) : undefined;
 
@@ -155,7 +156,8 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
   const requestTimeoutMs = integer("request-timeout-ms", DEFAULT_REQUEST_TIMEOUT_MS, 1, 3_600_000);
   const keepAliveTimeoutMs = integer("keep-alive-timeout-ms", DEFAULT_KEEP_ALIVE_TIMEOUT_MS, 1, 3_600_000);
   // Node needs the whole request's deadline at least as long as the headers'.
-  if (requestTimeoutMs < headersTimeoutMs) problems.push(`${SETTINGS["request-timeout-ms"]} must be at least ${SETTINGS["headers-timeout-ms"]} (${headersTimeoutMs})`);
+  if (requestTimeoutMs < headersTimeoutMs)
+    problems.push(`${SETTINGS["request-timeout-ms"]} must be at least ${SETTINGS["headers-timeout-ms"]} (${headersTimeoutMs})`);
 
   const level = raw("log-level");
   const logLevel = (level?.value ?? "info") as LogLevel;
@@ -202,7 +204,8 @@ function parseStore(store: Setting, etcdPrefix: Setting | undefined, problems: s
     case "etcd": {
       const endpoints = where.split(",");
       for (const url of endpoints) {
-        if (!/^https?:\/\/[^/\s]+$/.test(url)) problems.push(`${store.name}: etcd endpoints must be http(s)://host:port, got ${JSON.stringify(url)}`);
+        if (!/^https?:\/\/[^/\s]+$/.test(url))
+          problems.push(`${store.name}: etcd endpoints must be http(s)://host:port, got ${JSON.stringify(url)}`);
       }
       const prefix = etcdPrefix?.value ?? DEFAULT_ETCD_PREFIX;
       return Object.freeze({ kind, endpoints: Object.freeze(endpoints), prefix });

@@ -55,8 +55,16 @@ async function startServer(transport: Transport, env: Record<string, string> = {
  */
 async function untilLetGo(kv: KvUnderTest, client: RawClient, ms: number): Promise<void> {
   const serverSide = () => kv.serverSides.get(client.socket.localPort as number);
-  await waitUntil(() => serverSide() !== undefined, 5_000, () => "the server never accepted the connection");
-  await waitUntil(() => serverSide()?.destroyed === true, ms, () => "the server still held the connection");
+  await waitUntil(
+    () => serverSide() !== undefined,
+    5_000,
+    () => "the server never accepted the connection",
+  );
+  await waitUntil(
+    () => serverSide()?.destroyed === true,
+    ms,
+    () => "the server still held the connection",
+  );
 }
 
 const connectionsOf = (kv: TestServer) =>
@@ -64,11 +72,19 @@ const connectionsOf = (kv: TestServer) =>
 
 /** Resolves once the server holds `count` connections; rejects, saying how many, after `ms`. */
 const untilConnections = (kv: TestServer, count: number, ms: number) =>
-  waitUntil(async () => (await connectionsOf(kv)) === count, ms, async () => `the server held ${await connectionsOf(kv)} connections, not ${count},`);
+  waitUntil(
+    async () => (await connectionsOf(kv)) === count,
+    ms,
+    async () => `the server held ${await connectionsOf(kv)} connections, not ${count},`,
+  );
 
 /** Resolves once `count` long-poll reads wait (kv_waiters). */
 const untilWaiting = (kv: TestServer, count: number) =>
-  waitUntil(async () => (await kv.request("GET", "/metrics")).body.includes(`\nkv_waiters ${count}\n`), 5_000, () => `kv_waiters never reached ${count}`);
+  waitUntil(
+    async () => (await kv.request("GET", "/metrics")).body.includes(`\nkv_waiters ${count}\n`),
+    5_000,
+    () => `kv_waiters never reached ${count}`,
+  );
 
 interface RawClient {
   socket: Socket;
@@ -86,7 +102,13 @@ interface RawClient {
  */
 async function rawClient(
   port: number,
-  { transport = "HTTP", first = "", dribble = "", everyMs = 200, reads = false }: { transport?: Transport; first?: string | Buffer; dribble?: string; everyMs?: number; reads?: boolean },
+  {
+    transport = "HTTP",
+    first = "",
+    dribble = "",
+    everyMs = 200,
+    reads = false,
+  }: { transport?: Transport; first?: string | Buffer; dribble?: string; everyMs?: number; reads?: boolean },
 ): Promise<RawClient> {
   // One that reads keeps its side open when the server ends its own, to go on sending as an attacker would.
   const options = { port, host: "127.0.0.1", allowHalfOpen: reads };
@@ -131,7 +153,12 @@ function normalClient(kv: { base: string }, transport: Transport): { stop: () =>
   const running = (async () => {
     for (let i = 0; !isStopped; i++) {
       const path = `/v1/kv/normal-${i}`;
-      const put = await pool.request({ method: "PUT", path, headers: { "content-type": "application/json" }, body: '{"value":"v","version":0}' });
+      const put = await pool.request({
+        method: "PUT",
+        path,
+        headers: { "content-type": "application/json" },
+        body: '{"value":"v","version":0}',
+      });
       await put.body.dump();
       const get = await pool.request({ method: "GET", path });
       await get.body.dump();
@@ -141,7 +168,11 @@ function normalClient(kv: { base: string }, transport: Transport): { stop: () =>
   })();
   return {
     stop: async () => {
-      await waitUntil(() => statuses.length >= 10, 10_000, () => `the normal client was answered ${statuses.length} times`);
+      await waitUntil(
+        () => statuses.length >= 10,
+        10_000,
+        () => `the normal client was answered ${statuses.length} times`,
+      );
       isStopped = true;
       await running;
       await pool.close();
@@ -153,60 +184,83 @@ function normalClient(kv: { base: string }, transport: Transport): { stop: () =>
 const put = (key: string, rest: string) => `PUT ${kvPath(key)} HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\n${rest}`;
 const get = (path: string) => `GET ${path} HTTP/1.1\r\nHost: kv\r\n\r\n`;
 
-describe.each(["HTTP", "HTTPS"] as const)("over %s, a connection the server gives up on is let go, whether or not the peer reads", (transport) => {
-  // Each client never reads and goes on sending: the server answers, and lets go within
-  // LET_GO_MS of giving up, serving a normal client all along.
-  const check = checkIntervalMs(HEADERS_TIMEOUT_MS);
-  const paths: Array<[name: string, env: Record<string, string>, client: { first: string; dribble: string }, givesUpAfterMs: number, reply: RegExp]> = [
-    ["headers that never end (408)", {}, { first: put("slow", "X-Slow: "), dribble: "a" }, HEADERS_TIMEOUT_MS + check, /^HTTP\/1\.1 408 /],
-    ["a body that never ends (408)", {}, { first: `${put("slow", "Content-Length: 100000")}\r\n\r\n{`, dribble: " " }, REQUEST_TIMEOUT_MS + check, /^HTTP\/1\.1 408 /],
-    ["a declared body over the limit (413)", SMALL_BODY_LIMIT, { first: `${put("slow", "Content-Length: 100000")}\r\n\r\n{`, dribble: " " }, 0, /^HTTP\/1\.1 413 /],
-    [
-      "a chunked body over the limit (413)",
-      SMALL_BODY_LIMIT,
-      { first: `${put("slow", "Transfer-Encoding: chunked")}\r\n\r\n2000\r\n${" ".repeat(8192)}\r\n`, dribble: " " },
-      0,
-      /^HTTP\/1\.1 413 /,
-    ],
-    ["a malformed request (400)", {}, { first: "GARBAGE\r\n\r\n", dribble: "x" }, 0, /^HTTP\/1\.1 400 /],
-  ];
+describe.each(["HTTP", "HTTPS"] as const)(
+  "over %s, a connection the server gives up on is let go, whether or not the peer reads",
+  (transport) => {
+    // Each client never reads and goes on sending: the server answers, and lets go within
+    // LET_GO_MS of giving up, serving a normal client all along.
+    const check = checkIntervalMs(HEADERS_TIMEOUT_MS);
+    const paths: Array<
+      [name: string, env: Record<string, string>, client: { first: string; dribble: string }, givesUpAfterMs: number, reply: RegExp]
+    > = [
+      [
+        "headers that never end (408)",
+        {},
+        { first: put("slow", "X-Slow: "), dribble: "a" },
+        HEADERS_TIMEOUT_MS + check,
+        /^HTTP\/1\.1 408 /,
+      ],
+      [
+        "a body that never ends (408)",
+        {},
+        { first: `${put("slow", "Content-Length: 100000")}\r\n\r\n{`, dribble: " " },
+        REQUEST_TIMEOUT_MS + check,
+        /^HTTP\/1\.1 408 /,
+      ],
+      [
+        "a declared body over the limit (413)",
+        SMALL_BODY_LIMIT,
+        { first: `${put("slow", "Content-Length: 100000")}\r\n\r\n{`, dribble: " " },
+        0,
+        /^HTTP\/1\.1 413 /,
+      ],
+      [
+        "a chunked body over the limit (413)",
+        SMALL_BODY_LIMIT,
+        { first: `${put("slow", "Transfer-Encoding: chunked")}\r\n\r\n2000\r\n${" ".repeat(8192)}\r\n`, dribble: " " },
+        0,
+        /^HTTP\/1\.1 413 /,
+      ],
+      ["a malformed request (400)", {}, { first: "GARBAGE\r\n\r\n", dribble: "x" }, 0, /^HTTP\/1\.1 400 /],
+    ];
 
-  it.each(paths)("answers %s and lets go", async (_, env, client, givesUpAfterMs, reply) => {
-    const kv = await startServer(transport, env);
-    const normal = normalClient(kv, transport);
-    await untilConnections(kv, 1, 5_000);
-    const neverReading = await rawClient(kv.port, { transport, ...client });
-    await untilLetGo(kv, neverReading, givesUpAfterMs + LET_GO_MS);
-    await untilConnections(kv, 1, LET_GO_MS); // only the normal client's is left
-    expect(await neverReading.closed()).toMatch(reply);
-    expect(await kv.store.get("slow")).toBeUndefined();
-    expect((await normal.stop()).every((status) => status === 200)).toBe(true);
-  });
+    it.each(paths)("answers %s and lets go", async (_, env, client, givesUpAfterMs, reply) => {
+      const kv = await startServer(transport, env);
+      const normal = normalClient(kv, transport);
+      await untilConnections(kv, 1, 5_000);
+      const neverReading = await rawClient(kv.port, { transport, ...client });
+      await untilLetGo(kv, neverReading, givesUpAfterMs + LET_GO_MS);
+      await untilConnections(kv, 1, LET_GO_MS); // only the normal client's is left
+      expect(await neverReading.closed()).toMatch(reply);
+      expect(await kv.store.get("slow")).toBeUndefined();
+      expect((await normal.stop()).every((status) => status === 200)).toBe(true);
+    });
 
-  it("lets go of a client that does not read the replies a refusal waits behind", async () => {
-    const kv = await startServer(transport);
-    await kv.store.putIfVersion("big", BIG_VALUE, 0, undefined);
-    const normal = normalClient(kv, transport);
-    await untilConnections(kv, 1, 5_000);
-    const neverReading = await rawClient(kv.port, { transport, first: `${get(kvPath("big")).repeat(10)}GARBAGE\r\n\r\n` });
-    await untilLetGo(kv, neverReading, LET_GO_MS);
-    expect(await neverReading.closed()).toMatch(/^HTTP\/1\.1 200 /);
-    expect((await normal.stop()).every((status) => status === 200)).toBe(true);
-  });
+    it("lets go of a client that does not read the replies a refusal waits behind", async () => {
+      const kv = await startServer(transport);
+      await kv.store.putIfVersion("big", BIG_VALUE, 0, undefined);
+      const normal = normalClient(kv, transport);
+      await untilConnections(kv, 1, 5_000);
+      const neverReading = await rawClient(kv.port, { transport, first: `${get(kvPath("big")).repeat(10)}GARBAGE\r\n\r\n` });
+      await untilLetGo(kv, neverReading, LET_GO_MS);
+      expect(await neverReading.closed()).toMatch(/^HTTP\/1\.1 200 /);
+      expect((await normal.stop()).every((status) => status === 200)).toBe(true);
+    });
 
-  it("turns a connection away past KV_MAX_CONNECTIONS at once, whether or not it reads", async () => {
-    const kv = await startServer(transport, { KV_MAX_CONNECTIONS: "2" });
-    const normal = normalClient(kv, transport);
-    await untilConnections(kv, 1, 5_000);
-    const holder = await rawClient(kv.port, { transport, first: put("slow", "X-Slow: "), dribble: "a" });
-    await untilConnections(kv, 2, 5_000);
-    const extra = await rawClient(kv.port, { transport, first: get("/healthz"), dribble: "x" });
-    expect(await extra.closed()).toBe("");
-    await untilLetGo(kv, holder, HEADERS_TIMEOUT_MS + check + LET_GO_MS);
-    expect(await holder.closed()).toMatch(/^HTTP\/1\.1 408 /);
-    expect((await normal.stop()).every((status) => status === 200)).toBe(true);
-  });
-});
+    it("turns a connection away past KV_MAX_CONNECTIONS at once, whether or not it reads", async () => {
+      const kv = await startServer(transport, { KV_MAX_CONNECTIONS: "2" });
+      const normal = normalClient(kv, transport);
+      await untilConnections(kv, 1, 5_000);
+      const holder = await rawClient(kv.port, { transport, first: put("slow", "X-Slow: "), dribble: "a" });
+      await untilConnections(kv, 2, 5_000);
+      const extra = await rawClient(kv.port, { transport, first: get("/healthz"), dribble: "x" });
+      expect(await extra.closed()).toBe("");
+      await untilLetGo(kv, holder, HEADERS_TIMEOUT_MS + check + LET_GO_MS);
+      expect(await holder.closed()).toMatch(/^HTTP\/1\.1 408 /);
+      expect((await normal.stop()).every((status) => status === 200)).toBe(true);
+    });
+  },
+);
 
 describe("replies the client does not read", () => {
   it("end their connection once they stop leaving: after KV_REQUEST_TIMEOUT_MS and the time their size needs at 64 KiB/s", async () => {
@@ -245,7 +299,11 @@ describe("a request refused 408 is never applied", () => {
   it("when its headers, and then its body, arrive after the 408", async () => {
     const kv = await startServer("HTTP");
     const client = await rawClient(kv.port, { first: put("late", ""), reads: true });
-    await waitUntil(() => timedOut.test(client.received()), HEADERS_TIMEOUT_MS + LET_GO_MS, () => "no 408");
+    await waitUntil(
+      () => timedOut.test(client.received()),
+      HEADERS_TIMEOUT_MS + LET_GO_MS,
+      () => "no 408",
+    );
     client.socket.write(`Content-Length: ${body.length}\r\n\r\n${body}`);
     await client.closed();
     expect(await kv.store.get("late")).toBeUndefined();
@@ -254,7 +312,11 @@ describe("a request refused 408 is never applied", () => {
   it("when its body arrives after the 408", async () => {
     const kv = await startServer("HTTP");
     const client = await rawClient(kv.port, { first: `${put("late", `Content-Length: ${body.length}`)}\r\n\r\n{`, reads: true });
-    await waitUntil(() => timedOut.test(client.received()), REQUEST_TIMEOUT_MS + LET_GO_MS, () => "no 408");
+    await waitUntil(
+      () => timedOut.test(client.received()),
+      REQUEST_TIMEOUT_MS + LET_GO_MS,
+      () => "no 408",
+    );
     client.socket.write(body.slice(1));
     await client.closed();
     expect(await kv.store.get("late")).toBeUndefined();
@@ -284,7 +346,10 @@ describe("replies on one connection keep the order of its requests", () => {
   it("answers a CONNECT after the long-poll before it", async () => {
     const kv = await startServer("HTTP");
     await kv.store.putIfVersion("watched", "a", 0, undefined);
-    const client = await rawClient(kv.port, { first: `${get(`${kvPath("watched")}?waitVersion=1&waitMs=60000`)}CONNECT kv:443 HTTP/1.1\r\nHost: kv\r\n\r\n`, reads: true });
+    const client = await rawClient(kv.port, {
+      first: `${get(`${kvPath("watched")}?waitVersion=1&waitMs=60000`)}CONNECT kv:443 HTTP/1.1\r\nHost: kv\r\n\r\n`,
+      reads: true,
+    });
     await untilWaiting(kv, 1);
     expect(await kv.put("watched", { value: "b", version: 1 })).toMatchObject({ status: 200 });
     const replies = (await client.closed()).split(/(?=HTTP\/1\.1 )/);
@@ -297,7 +362,11 @@ describe("replies on one connection keep the order of its requests", () => {
 describe("shutdown", () => {
   it("answers what it can and lets go of every connection within a bound, though none of them reads", async () => {
     const store = new MemoryStore();
-    const unclosedStore: Store = { get: (key) => store.get(key), putIfVersion: (...args) => store.putIfVersion(...args), close: async () => {} };
+    const unclosedStore: Store = {
+      get: (key) => store.get(key),
+      putIfVersion: (...args) => store.putIfVersion(...args),
+      close: async () => {},
+    };
     const kv = await startServer("HTTP", { KV_HEADERS_TIMEOUT_MS: "60000", KV_REQUEST_TIMEOUT_MS: "60000" }, unclosedStore);
     await store.putIfVersion("waited", "v", 0, undefined);
     const midHeaders = await rawClient(kv.port, { first: put("slow", "X-Slow: "), dribble: "a" });
@@ -309,7 +378,11 @@ describe("shutdown", () => {
     await untilWaiting(kv, 1);
 
     const closing = kv.app.close();
-    await waitUntil(() => midBody.received().length > 0, CLOSING_GRACE_MS + LET_GO_MS, () => "the request still arriving was not refused");
+    await waitUntil(
+      () => midBody.received().length > 0,
+      CLOSING_GRACE_MS + LET_GO_MS,
+      () => "the request still arriving was not refused",
+    );
     midBody.socket.write(body.slice(1));
     await Promise.race([closing, sleep(LET_GO_MS).then(() => Promise.reject(new Error("the server was still closing")))]);
     expect(await connectionsOf(kv)).toBe(0);
@@ -325,7 +398,10 @@ describe("shutdown", () => {
     const handshaking = await rawClient(kv.port, { first: Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), dribble: "\0" });
     const midHeaders = await rawClient(kv.port, { transport: "HTTPS", first: put("slow", "X-Slow: "), dribble: "a" });
     await untilConnections(kv, 2, 5_000);
-    await Promise.race([kv.app.close(), sleep(CLOSING_GRACE_MS + LET_GO_MS + 1_000).then(() => Promise.reject(new Error("the server was still closing")))]);
+    await Promise.race([
+      kv.app.close(),
+      sleep(CLOSING_GRACE_MS + LET_GO_MS + 1_000).then(() => Promise.reject(new Error("the server was still closing"))),
+    ]);
     expect(await handshaking.closed()).not.toMatch(/^HTTP/);
     expect(await midHeaders.closed()).toMatch(/^HTTP\/1\.1 503 /);
   });
@@ -338,7 +414,8 @@ describe("1 000 clients that never read, against KV_MAX_CONNECTIONS=1000", () =>
       env: { KV_MAX_CONNECTIONS: "1000", KV_HEADERS_TIMEOUT_MS: String(headersTimeoutMs), KV_REQUEST_TIMEOUT_MS: String(headersTimeoutMs) },
     });
     onTestFinished(async () => void (await server.stop()));
-    const sockets = () => readdirSync(`/proc/${server.pid}/fd`).filter((fd) => readlinkOrEmpty(`/proc/${server.pid}/fd/${fd}`).startsWith("socket:")).length;
+    const sockets = () =>
+      readdirSync(`/proc/${server.pid}/fd`).filter((fd) => readlinkOrEmpty(`/proc/${server.pid}/fd/${fd}`).startsWith("socket:")).length;
     // The harness's readiness check has closed its connection; the server's own sockets stay.
     let before = sockets();
     for (let i = 0; i < 20; i++) {
@@ -348,15 +425,25 @@ describe("1 000 clients that never read, against KV_MAX_CONNECTIONS=1000", () =>
     }
 
     for (let batch = 0; batch < 10; batch++) {
-      await Promise.all(Array.from({ length: 100 }, () => rawClient(server.port, { first: put("slow", "X-Slow: "), dribble: "a", everyMs: 500 })));
+      await Promise.all(
+        Array.from({ length: 100 }, () => rawClient(server.port, { first: put("slow", "X-Slow: "), dribble: "a", everyMs: 500 })),
+      );
     }
-    await waitUntil(() => sockets() >= before + 1_000, 10_000, () => `the server holds ${sockets() - before} of the 1 000 connections`);
+    await waitUntil(
+      () => sockets() >= before + 1_000,
+      10_000,
+      () => `the server holds ${sockets() - before} of the 1 000 connections`,
+    );
     const turnedAway = await rawClient(server.port, { first: get("/healthz") });
     expect(await turnedAway.closed()).toBe(""); // every slot is taken
 
     // Each was answered 408 at its deadline, then let go, though it never read and still sends.
     const deadlineMs = headersTimeoutMs + checkIntervalMs(headersTimeoutMs) + LET_GO_MS + 2_000; // + room for 1 000 at once on 2 cores
-    await waitUntil(() => sockets() <= before, deadlineMs, () => `${sockets() - before} of the server's sockets stayed behind`);
+    await waitUntil(
+      () => sockets() <= before,
+      deadlineMs,
+      () => `${sockets() - before} of the server's sockets stayed behind`,
+    );
     const served = await rawClient(server.port, { first: "GET /healthz HTTP/1.1\r\nHost: kv\r\nConnection: close\r\n\r\n" });
     expect(await served.closed()).toMatch(/^HTTP\/1\.1 200 /);
   }, 60_000);

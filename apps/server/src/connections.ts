@@ -208,7 +208,8 @@ export class Connections {
 
   #sweep(): void {
     const nowMs = performance.now();
-    const closingRefusal = this.#closing !== undefined && nowMs - this.#closing.sinceMs >= CLOSING_GRACE_MS ? this.#closing.refusal : undefined;
+    const closingRefusal =
+      this.#closing !== undefined && nowMs - this.#closing.sinceMs >= CLOSING_GRACE_MS ? this.#closing.refusal : undefined;
     for (const socket of this.#open) {
       if (socket.destroyed) continue;
       if (this.#isStuck(socket, nowMs)) {

@@ -103,7 +103,19 @@ describe("the built server on LMDB, traced with strace", () => {
     const traceFile = join(dir, "trace.txt");
     const child = spawn(
       "strace",
-      ["-f", "-s", "512", "-e", "trace=openat,fdatasync,fsync,pwrite64,read,write,writev", "-e", "signal=none", "-o", traceFile, process.execPath, main],
+      [
+        "-f",
+        "-s",
+        "512",
+        "-e",
+        "trace=openat,fdatasync,fsync,pwrite64,read,write,writev",
+        "-e",
+        "signal=none",
+        "-o",
+        traceFile,
+        process.execPath,
+        main,
+      ],
       { env: { PATH: process.env.PATH, KV_STORE: `lmdb:${join(dir, "data")}`, KV_PORT: "0" }, stdio: ["ignore", "pipe", "pipe"] },
     );
     onTestFinished(() => void child.kill("SIGKILL")); // strace; the server is stopped below
@@ -124,7 +136,12 @@ describe("the built server on LMDB, traced with strace", () => {
     });
     const pool = new Pool(url, { connections: CONNECTIONS });
     const put = async (key: string, version: number) => {
-      const res = await pool.request({ method: "PUT", path: `/v1/kv/${key}`, headers: { "content-type": "application/json" }, body: JSON.stringify({ value: "v", version }) });
+      const res = await pool.request({
+        method: "PUT",
+        path: `/v1/kv/${key}`,
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ value: "v", version }),
+      });
       expect(await res.body.json()).toEqual({ err: "OK", version: version + 1 });
     };
 
@@ -146,7 +163,9 @@ describe("the built server on LMDB, traced with strace", () => {
     // before its reply began — its own commit's, or one that covered it.
     expect(verdicts.filter((isSynced) => !isSynced)).toHaveLength(0);
     // Puts that arrive while a commit syncs share the next one: far fewer syncs than puts.
-    const lastSequentialReply = steps.findIndex((s, i) => s.kind === "reply" && steps.slice(0, i + 1).filter((t) => t.kind === "reply").length === SEQUENTIAL_PUTS);
+    const lastSequentialReply = steps.findIndex(
+      (s, i) => s.kind === "reply" && steps.slice(0, i + 1).filter((t) => t.kind === "reply").length === SEQUENTIAL_PUTS,
+    );
     const burstSyncs = steps.slice(lastSequentialReply + 1).filter((s) => s.kind === "sync").length;
     expect(burstSyncs).toBeGreaterThan(0);
     expect(burstSyncs).toBeLessThanOrEqual(CONCURRENT_PUTS / 4);

@@ -54,7 +54,6 @@ export class Long {
 }
 export const long = (unit: string, times: number) => new Long(`${JSON.stringify(unit)}.repeat(${times})`, unit.repeat(times));
 
-
 // ---- The model: contract §2 over a Map ------------------------------------------------------
 
 export interface Entry {
@@ -131,7 +130,13 @@ export const SMALL_KEYS = ["a", "b", "c"];
 export const ODD_KEYS = [
   ...["__proto__", "constructor", "prototype", "toString", "hasOwnProperty", ".", "..", "...", "%2F", "%", "a/b", "/"],
   ...["?", "#", "a?b#c&d=e", "+", " ", ";", "ключ", "🔑", "e\u0301", "\u0000", "\u{10ffff}", "k".repeat(MAX_KEY_BYTES)],
-  ...["é".repeat(MAX_KEY_BYTES / 2), "k".repeat(MAX_KEY_BYTES + 1), "é".repeat(MAX_KEY_BYTES / 2 + 1), "x".repeat(MAX_KEY_BYTES * 3 + 1), ""],
+  ...[
+    "é".repeat(MAX_KEY_BYTES / 2),
+    "k".repeat(MAX_KEY_BYTES + 1),
+    "é".repeat(MAX_KEY_BYTES / 2 + 1),
+    "x".repeat(MAX_KEY_BYTES * 3 + 1),
+    "",
+  ],
 ];
 export const keyArb = fc.oneof(
   { withCrossShrink: true },
@@ -158,10 +163,40 @@ export const keyPathArb = fc
     fc.oneof({ withCrossShrink: true }, { weight: 7, arbitrary: fc.constant("") }, { weight: 1, arbitrary: fc.constantFrom(...SUFFIXES) }),
   )
   .map(([key, encoding, suffix]) => KV_PREFIX + ENCODINGS[encoding](key) + suffix);
-export const PATH_STARTS = ["/v1/kv/", "/v1/kv/", "/v1/kv", "/", "/v1/", "/v1/kv//", "/V1/KV/", "//v1/kv/", "/v1/./kv/", "/v1/kv/../kv/", "/v2/kv/"];
+export const PATH_STARTS = [
+  "/v1/kv/",
+  "/v1/kv/",
+  "/v1/kv",
+  "/",
+  "/v1/",
+  "/v1/kv//",
+  "/V1/KV/",
+  "//v1/kv/",
+  "/v1/./kv/",
+  "/v1/kv/../kv/",
+  "/v2/kv/",
+];
 export const PATH_PIECES = [
-  ...["a", "b", "%", "%2", "%zz", "%2F", "%2f", "%25", "%252F", "%2e%2e", "%E2%82", "%ED%A0%80", "%C0%AF", "%FF", "%00", "%7F", "%F0%9F%94%91"],
-  ...["?", "#", "&", "=", ";", ".", "..", "/", "\\", "~", "*", "|", "{", "\"", "<", "é", "ÿ", "\x7f"],
+  ...[
+    "a",
+    "b",
+    "%",
+    "%2",
+    "%zz",
+    "%2F",
+    "%2f",
+    "%25",
+    "%252F",
+    "%2e%2e",
+    "%E2%82",
+    "%ED%A0%80",
+    "%C0%AF",
+    "%FF",
+    "%00",
+    "%7F",
+    "%F0%9F%94%91",
+  ],
+  ...["?", "#", "&", "=", ";", ".", "..", "/", "\\", "~", "*", "|", "{", '"', "<", "é", "ÿ", "\x7f"],
 ];
 export const rawPathArb = fc.oneof(
   { withCrossShrink: true },
@@ -191,7 +226,10 @@ export const LAST_ID = Symbol("the id of the put that made the key's current ver
 export const valueArb = fc.oneof(
   { withCrossShrink: true },
   { weight: 8, arbitrary: fc.string({ unit: "grapheme", maxLength: 12 }) },
-  { weight: 1, arbitrary: fc.constantFrom<string | Long>("\ud800", "a\udfff", "\u0000", "\u2028", '"\\', long("€", MAX_VALUE_BYTES / 3 + 1)) },
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom<string | Long>("\ud800", "a\udfff", "\u0000", "\u2028", '"\\', long("€", MAX_VALUE_BYTES / 3 + 1)),
+  },
   // At the value limit, one byte over, and at the limit but six times larger once JSON-escaped.
   { weight: 1, arbitrary: fc.constantFrom(long("v", MAX_VALUE_BYTES), long("v", MAX_VALUE_BYTES + 1), long("\u0001", MAX_VALUE_BYTES)) },
 );
@@ -267,8 +305,23 @@ export const bodyArb = fc.oneof(
 );
 
 export const CONTENT_TYPES = [
-  ...["application/json; charset=utf-8", "APPLICATION/JSON", "application/json;charset=latin1", "application/json ; x=y", "text/plain", "text/json"],
-  ...["application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx", "application/json+x", "application/*", "*/*", ""],
+  ...[
+    "application/json; charset=utf-8",
+    "APPLICATION/JSON",
+    "application/json;charset=latin1",
+    "application/json ; x=y",
+    "text/plain",
+    "text/json",
+  ],
+  ...[
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "application/jsonx",
+    "application/json+x",
+    "application/*",
+    "*/*",
+    "",
+  ],
   ...["application/json, text/plain", "application/octet-stream"],
 ];
 export const someHeadersArb = fc.record(
@@ -322,7 +375,10 @@ export function putText(spec: PutSpec, current: Entry | undefined): string {
     "negative zero": version === 0 ? "-0" : `${version}`,
   }[spec.versionSpelling];
   const id = spec.id === LAST_ID ? (current?.putId ?? "id-1") : spec.id;
-  let fields: Array<[string, string]> = [["value", JSON.stringify(String(spec.value))], ["version", versionText]];
+  let fields: Array<[string, string]> = [
+    ["value", JSON.stringify(String(spec.value))],
+    ["version", versionText],
+  ];
   if (id !== null) fields.push(["id", JSON.stringify(id)]);
   const { mutation, shape } = spec;
   if (mutation?.kind === "drop") fields = fields.filter(([name]) => name !== mutation.field);
@@ -337,4 +393,3 @@ export function putText(spec: PutSpec, current: Entry | undefined): string {
   const json = `{${sp}${fields.map(([n, text]) => `${name(n)}${sp}:${sp}${text}`).join(`,${sp}`)}${sp}}`;
   return shape.byteOrderMark ? `\ufeff${json}` : json;
 }
-

@@ -63,7 +63,9 @@ async function send(kv: TestServer, sent: Sent): Promise<Reply | undefined> {
 const getReply = (entry: Entry | undefined) =>
   entry === undefined ? { err: "ErrNoKey" } : { err: "OK", value: entry.value, version: entry.version };
 const isContractOutcome = (r: Reply) =>
-  (r.status === 200 && r.body?.err === "OK") || (r.status === 404 && r.body?.err === "ErrNoKey") || (r.status === 409 && r.body?.err === "ErrVersion");
+  (r.status === 200 && r.body?.err === "OK") ||
+  (r.status === 404 && r.body?.err === "ErrNoKey") ||
+  (r.status === 409 && r.body?.err === "ErrVersion");
 
 async function runOps(ops: Op[]): Promise<void> {
   const store = new WriteLoggingStore();
@@ -103,17 +105,23 @@ async function runOps(ops: Op[]): Promise<void> {
       // Well-formed in every respect: the server must answer it with a contract outcome.
       const isPlainPath = key !== undefined && isValidKey(key) && /^[\w\-.~!$&'()*+,;=:@%]*$/.test(op.path.slice(KV_PREFIX.length));
       const isPlainPut =
-        typeof put === "object" && /^application\/json(; charset=utf-8)?$/.test(op.contentType ?? "") && !body.toString().startsWith("\ufeff");
+        typeof put === "object" &&
+        /^application\/json(; charset=utf-8)?$/.test(op.contentType ?? "") &&
+        !body.toString().startsWith("\ufeff");
       const isCanonical =
         isPlainPath && op.headers === null && ((op.method === "GET" && sent.body === undefined) || (op.method === "PUT" && isPlainPut));
-      if (isCanonical) expect(isContractOutcome(reply), `a contract outcome for ${what}, got ${reply.status} ${JSON.stringify(reply.body)}`).toBe(true);
+      if (isCanonical)
+        expect(isContractOutcome(reply), `a contract outcome for ${what}, got ${reply.status} ${JSON.stringify(reply.body)}`).toBe(true);
 
       let wrote: string[] = [];
       if (op.method === "PUT" && isContractOutcome(reply)) {
         expect(key !== undefined && isValidKey(key), `a valid key in ${what}`).toBe(true);
         expect(typeof put === "object" ? "valid" : put, `the put body of ${what}`).toBe("valid");
         const params = target !== "bad" ? (target?.query.replace(/^[?#]/, "").split("&") ?? []) : [];
-        expect(params.filter((p) => p !== "" && !/^wait(Version|Ms)=/.test(p)), `unknown query parameters in ${what}`).toEqual([]);
+        expect(
+          params.filter((p) => p !== "" && !/^wait(Version|Ms)=/.test(p)),
+          `unknown query parameters in ${what}`,
+        ).toEqual([]);
         const before = model.get(key as string);
         const expected = modelPut(model, key as string, put as PutBody);
         expect(reply.body, `reply to ${what}`).toEqual(expected);
@@ -137,7 +145,10 @@ async function runOps(ops: Op[]): Promise<void> {
       }
       expect(await store.get(key), `the store's entry for ${JSON.stringify(key)}`).toEqual(entry);
     }
-    expect(store.writes.filter((k) => !model.has(k)), "keys written that the model never accepted").toEqual([]);
+    expect(
+      store.writes.filter((k) => !model.has(k)),
+      "keys written that the model never accepted",
+    ).toEqual([]);
     expect((await send(kv, { method: "GET", path: "/healthz", headers: {}, body: undefined }))?.status).toBe(200);
   } finally {
     await kv.close();
@@ -222,7 +233,14 @@ const requestLineArb = fc.oneof(
       ...["GET /v1/kv/raw HTTP/2.0"],
       ...["PUT http://127.0.0.1/v1/kv/raw HTTP/1.1", "GET * HTTP/1.1", "OPTIONS * HTTP/1.1", "CONNECT 127.0.0.1:1 HTTP/1.1"],
       ...["PUT /v1/kv/a\tb HTTP/1.1"],
-      ...["PUT /v1/kv/a b HTTP/1.1", "PRI * HTTP/2.0", "", "GET /v1/kv/%zz HTTP/1.1", "PUT /v1/kv/%ED%A0%80 HTTP/1.1", "PUT /v1/kv/\u00ff HTTP/1.1"],
+      ...[
+        "PUT /v1/kv/a b HTTP/1.1",
+        "PRI * HTTP/2.0",
+        "",
+        "GET /v1/kv/%zz HTTP/1.1",
+        "PUT /v1/kv/%ED%A0%80 HTTP/1.1",
+        "PUT /v1/kv/\u00ff HTTP/1.1",
+      ],
       "GET /v1/kv/{a×20000} HTTP/1.1",
       "GET /v1/kv/raw HTTP/1.1\r\n",
     ),
@@ -233,7 +251,17 @@ const headerLineArb = fc.oneof(
   fc.constantFrom("Host: x", "Content-Type: application/json", "Connection: keep-alive", "Connection: close"),
   fc.constantFrom("Expect: 100-continue", "Expect: 200-ok"),
   fc.constantFrom(
-    ...["NoColon", " Leading-Space: x", "Bad Name: x", "X: a\rb", "X: \u0000", "X: a\r\n b", "Xé: 1", ": empty-name", "Content-Length: abc"],
+    ...[
+      "NoColon",
+      " Leading-Space: x",
+      "Bad Name: x",
+      "X: a\rb",
+      "X: \u0000",
+      "X: a\r\n b",
+      "Xé: 1",
+      ": empty-name",
+      "Content-Length: abc",
+    ],
     ...["Content-Length: -1", "Content-Length: 1, 2", "Content-Length: 5\r\nContent-Length: 6"],
     ...["Transfer-Encoding: gzip", "Transfer-Encoding: chunked, identity"],
     ...["Upgrade: websocket\r\nConnection: Upgrade", "Host: a\r\nHost: b", "X-Long: {l×20000}", "Content-Type: text/plain"],
@@ -269,18 +297,14 @@ const rawRequestArb = fc
 // ---- The tests -------------------------------------------------------------------------------
 
 describe("the server under generated requests (issue 7)", () => {
-  it(
-    "never answers 5xx, gives every 4xx an err, and changes the store only as a Map model of the accepted puts predicts",
-    async () => {
-      const before = requestsSent;
-      await fc.assert(fc.asyncProperty(fc.array(opArb, OPS_PER_RUN), runOps), {
-        numRuns: RUNS,
-        plugins: [fc.interruptAfterTimeLimit(SHRINK_BUDGET_MS)],
-      });
-      expect(requestsSent - before).toBeGreaterThanOrEqual(MIN_REQUESTS);
-    },
-    120_000,
-  );
+  it("never answers 5xx, gives every 4xx an err, and changes the store only as a Map model of the accepted puts predicts", async () => {
+    const before = requestsSent;
+    await fc.assert(fc.asyncProperty(fc.array(opArb, OPS_PER_RUN), runOps), {
+      numRuns: RUNS,
+      plugins: [fc.interruptAfterTimeLimit(SHRINK_BUDGET_MS)],
+    });
+    expect(requestsSent - before).toBeGreaterThanOrEqual(MIN_REQUESTS);
+  }, 120_000);
 
   describe("on a raw socket", () => {
     let kv: TestServer;
@@ -291,38 +315,36 @@ describe("the server under generated requests (issue 7)", () => {
     });
     afterAll(() => kv.close());
 
-    it(
-      "answers malformed HTTP with 4xx and an err, or closes the connection, writes only for puts it answered OK, and stays up",
-      async () => {
-        await fc.assert(
-          fc.asyncProperty(rawRequestArb, async (template) => {
-            // A fresh key for each exchange, so that every well-formed put in it creates its key;
-            // `{a×20000}` stands for 20 000 a's, which would bury a counterexample.
-            const request = template
-              .replace(/\/v1\/kv\/(raw|r%61w)\b/g, (path) => `${path}-${requestsSent}`)
-              .replace(/\{(.)×(\d+)\}/g, (_, unit: string, times: string) => unit.repeat(Number(times)));
-            const what = JSON.stringify(request.slice(0, 300));
-            const writesBefore = store.writes.length;
-            requestsSent++;
-            const replies = parseReplies(await exchange(kv.base, Buffer.from(request)));
-            for (const { status, body } of replies) {
-              expect(status, `status of a reply to ${what}`).toBeLessThan(500);
-              if (status >= 400) expect(typeof parseJson(body)?.err, `err of the ${status} to ${what}: ${body}`).toBe("string");
-            }
-            const putsAnsweredOk = replies.filter((r) => r.status === 200 && /^\{"err":"OK","version":\d+\}$/.test(r.body));
-            const answered = JSON.stringify(replies.map((r) => `${r.status} ${r.body}`));
-            expect(store.writes.length - writesBefore, `store writes after ${what}, answered ${answered}`).toBe(putsAnsweredOk.length);
-            expect((await send(kv, { method: "GET", path: "/healthz", headers: {}, body: undefined }))?.status).toBe(200);
-          }),
-          {
-            numRuns: RAW_RUNS,
-            // Found by this test: a put followed on its connection by a byte Node's parser refuses is
-            // applied, yet the only reply is the 400 for that byte; the put's 200 is lost.
-            examples: [['PUT /v1/kv/raw HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{"value":"raw","version":0}x']],
-          },
-        );
-      },
-      120_000,
-    );
+    it("answers malformed HTTP with 4xx and an err, or closes the connection, writes only for puts it answered OK, and stays up", async () => {
+      await fc.assert(
+        fc.asyncProperty(rawRequestArb, async (template) => {
+          // A fresh key for each exchange, so that every well-formed put in it creates its key;
+          // `{a×20000}` stands for 20 000 a's, which would bury a counterexample.
+          const request = template
+            .replace(/\/v1\/kv\/(raw|r%61w)\b/g, (path) => `${path}-${requestsSent}`)
+            .replace(/\{(.)×(\d+)\}/g, (_, unit: string, times: string) => unit.repeat(Number(times)));
+          const what = JSON.stringify(request.slice(0, 300));
+          const writesBefore = store.writes.length;
+          requestsSent++;
+          const replies = parseReplies(await exchange(kv.base, Buffer.from(request)));
+          for (const { status, body } of replies) {
+            expect(status, `status of a reply to ${what}`).toBeLessThan(500);
+            if (status >= 400) expect(typeof parseJson(body)?.err, `err of the ${status} to ${what}: ${body}`).toBe("string");
+          }
+          const putsAnsweredOk = replies.filter((r) => r.status === 200 && /^\{"err":"OK","version":\d+\}$/.test(r.body));
+          const answered = JSON.stringify(replies.map((r) => `${r.status} ${r.body}`));
+          expect(store.writes.length - writesBefore, `store writes after ${what}, answered ${answered}`).toBe(putsAnsweredOk.length);
+          expect((await send(kv, { method: "GET", path: "/healthz", headers: {}, body: undefined }))?.status).toBe(200);
+        }),
+        {
+          numRuns: RAW_RUNS,
+          // Found by this test: a put followed on its connection by a byte Node's parser refuses is
+          // applied, yet the only reply is the 400 for that byte; the put's 200 is lost.
+          examples: [
+            ['PUT /v1/kv/raw HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 27\r\n\r\n{"value":"raw","version":0}x'],
+          ],
+        },
+      );
+    }, 120_000);
   });
 });

@@ -24,7 +24,10 @@ function pemFiles(files: Record<string, string>): Record<string, string> {
 
 /** Runs the built server until it exits on its own; its exit code and what it wrote to stderr. */
 async function startFailing(env: Record<string, string>): Promise<{ code: number | null; stderr: string }> {
-  const child = spawn(process.execPath, [main], { env: { PATH: process.env.PATH, KV_PORT: "0", KV_STORE: "memory", ...env }, stdio: ["ignore", "ignore", "pipe"] });
+  const child = spawn(process.execPath, [main], {
+    env: { PATH: process.env.PATH, KV_PORT: "0", KV_STORE: "memory", ...env },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
   onTestFinished(() => void child.kill("SIGKILL"));
   let stderr = "";
   child.stderr.on("data", (chunk) => (stderr += chunk));
@@ -36,7 +39,10 @@ describe("HTTPS (KV_TLS_CERT, KV_TLS_KEY)", () => {
   it("serves the protocol over HTTPS to a clerk that trusts the private CA", async () => {
     const { ca, cert, key } = createTestCertificates("127.0.0.1");
     const files = pemFiles({ "cert.pem": cert, "key.pem": key });
-    const server = await startServerProcess({ env: { KV_TLS_CERT: files["cert.pem"] as string, KV_TLS_KEY: files["key.pem"] as string }, tlsCa: ca });
+    const server = await startServerProcess({
+      env: { KV_TLS_CERT: files["cert.pem"] as string, KV_TLS_KEY: files["key.pem"] as string },
+      tlsCa: ca,
+    });
     onTestFinished(async () => void (await server.stop()));
     expect(server.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
     const clerk = createClerk({ endpoints: [server.url], tls: { ca } });
@@ -50,9 +56,21 @@ describe("HTTPS (KV_TLS_CERT, KV_TLS_KEY)", () => {
   });
 
   it.each([
-    ["a certificate file that does not exist", () => ({ cert: "/nonexistent/cert.pem", key: "KEY" }), /^kv-server: cannot serve HTTPS: KV_TLS_CERT \/nonexistent\/cert\.pem cannot be read: ENOENT/],
-    ["a key that belongs to another certificate", () => ({ cert: "CERT", key: "OTHER_KEY" }), /^kv-server: cannot serve HTTPS: KV_TLS_CERT .* and KV_TLS_KEY .* do not make a TLS certificate and its key: .*key values mismatch/],
-    ["files that are not PEM", () => ({ cert: "GARBAGE", key: "GARBAGE" }), /^kv-server: cannot serve HTTPS: KV_TLS_CERT .* do not make a TLS certificate and its key/],
+    [
+      "a certificate file that does not exist",
+      () => ({ cert: "/nonexistent/cert.pem", key: "KEY" }),
+      /^kv-server: cannot serve HTTPS: KV_TLS_CERT \/nonexistent\/cert\.pem cannot be read: ENOENT/,
+    ],
+    [
+      "a key that belongs to another certificate",
+      () => ({ cert: "CERT", key: "OTHER_KEY" }),
+      /^kv-server: cannot serve HTTPS: KV_TLS_CERT .* and KV_TLS_KEY .* do not make a TLS certificate and its key: .*key values mismatch/,
+    ],
+    [
+      "files that are not PEM",
+      () => ({ cert: "GARBAGE", key: "GARBAGE" }),
+      /^kv-server: cannot serve HTTPS: KV_TLS_CERT .* do not make a TLS certificate and its key/,
+    ],
   ])("exits at start with one line for %s", async (_, choose, message) => {
     const mine = createTestCertificates("127.0.0.1");
     const other = createTestCertificates("127.0.0.1");

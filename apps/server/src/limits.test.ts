@@ -38,7 +38,9 @@ describe("slow clients (KV_HEADERS_TIMEOUT_MS, KV_REQUEST_TIMEOUT_MS)", () => {
 
     // A body promised, then never finished.
     const stalled = await rawConnection(kv.base);
-    stalled.socket.write('PUT /v1/kv/stalled HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"value":');
+    stalled.socket.write(
+      'PUT /v1/kv/stalled HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"value":',
+    );
 
     const replies = await Promise.all(Array.from({ length: 50 }, (_, i) => kv.put(`served-${i}`, { value: "v", version: 0 })));
     expect(replies.map((r) => r.status)).toEqual(Array.from({ length: 50 }, () => 200));
@@ -78,11 +80,14 @@ describe("the connection cap (KV_MAX_CONNECTIONS)", () => {
 describe("bad bytes pipelined after a request", () => {
   it("answer that request first, then refuse, in order, when the bad request is still arriving", async () => {
     const store = new MemoryStore();
-    const kv = await startTestServer({}, {
-      get: (key) => store.get(key),
-      putIfVersion: async (...args) => (await sleep(200), store.putIfVersion(...args)), // still working when the bad bytes come
-      close: () => store.close(),
-    });
+    const kv = await startTestServer(
+      {},
+      {
+        get: (key) => store.get(key),
+        putIfVersion: async (...args) => (await sleep(200), store.putIfVersion(...args)), // still working when the bad bytes come
+        close: () => store.close(),
+      },
+    );
     onTestFinished(() => kv.close());
     const connection = await rawConnection(kv.base);
     const body = '{"value":"v","version":0}';

@@ -13,7 +13,9 @@ describe("the built server on the memory store under load", () => {
     async () => {
       const server = await startServerProcess();
       onTestFinished(async () => void (await server.stop()));
-      const clerks: Clerk[] = Array.from({ length: CLERKS }, () => createClerk({ endpoints: [server.url], backoff: { baseMs: 10, maxMs: 200 } }));
+      const clerks: Clerk[] = Array.from({ length: CLERKS }, () =>
+        createClerk({ endpoints: [server.url], backoff: { baseMs: 10, maxMs: 200 } }),
+      );
       onTestFinished(() => Promise.all(clerks.map((c) => c.close())).then(() => undefined));
 
       // Every retry a clerk makes, by the error that caused it: only "not applied" (503) may appear.
@@ -38,7 +40,8 @@ describe("the built server on the memory store under load", () => {
             const started = performance.now();
             if (i % 4 === 3) {
               const seen = await clerk.get(key);
-              if (seen.err !== "OK" || seen.version !== version) problems.push(`${key}: read ${JSON.stringify(seen)} after version ${version}`);
+              if (seen.err !== "OK" || seen.version !== version)
+                problems.push(`${key}: read ${JSON.stringify(seen)} after version ${version}`);
             } else {
               const value = `${c}.${i}`;
               const r = await clerk.put(key, value, version);
@@ -58,7 +61,8 @@ describe("the built server on the memory store under load", () => {
       onTestFinished(() => reader.close());
       for (const [key, { value, version }] of acknowledged) {
         const now = await reader.get(key);
-        if (now.err !== "OK" || now.value !== value || now.version !== version) problems.push(`${key}: acknowledged ${value}@${version}, read ${JSON.stringify(now)}`);
+        if (now.err !== "OK" || now.value !== value || now.version !== version)
+          problems.push(`${key}: acknowledged ${value}@${version}, read ${JSON.stringify(now)}`);
       }
 
       latenciesMs.sort((a, b) => a - b);

@@ -5,7 +5,9 @@ import { startTestServer, type TestServer } from "./testing";
 
 /** Until `n` long-poll reads wait on the server: a write made then must wake them, not meet them. */
 async function waitersReach(kv: TestServer, n: number): Promise<void> {
-  await expect.poll(async () => (await kv.request("GET", "/metrics")).body, { timeout: 10_000 }).toMatch(new RegExp(`^kv_waiters ${n}$`, "m"));
+  await expect
+    .poll(async () => (await kv.request("GET", "/metrics")).body, { timeout: 10_000 })
+    .toMatch(new RegExp(`^kv_waiters ${n}$`, "m"));
 }
 
 describe("long-poll reads (GET /v1/kv/:key?waitVersion&waitMs)", () => {
@@ -26,7 +28,9 @@ describe("long-poll reads (GET /v1/kv/:key?waitVersion&waitMs)", () => {
     await kv.put("idle", { value: "v", version: 0 });
     const storeGets = async () => {
       const text = (await kv.request("GET", "/metrics")).body as unknown as string;
-      return Number(/^kv_store_operation_duration_seconds_count\{[^}]*operation="get"[^}]*outcome="found"[^}]*\} (\d+)$/m.exec(text)?.[1] ?? 0);
+      return Number(
+        /^kv_store_operation_duration_seconds_count\{[^}]*operation="get"[^}]*outcome="found"[^}]*\} (\d+)$/m.exec(text)?.[1] ?? 0,
+      );
     };
     const before = await storeGets();
     expect(await kv.request("GET", "/v1/kv/idle?waitVersion=1&waitMs=1000")).toMatchObject({ status: 200, body: { version: 1 } });
@@ -49,7 +53,10 @@ describe("long-poll reads (GET /v1/kv/:key?waitVersion&waitMs)", () => {
     const kv = await startTestServer();
     onTestFinished(() => kv.close());
     await kv.put("quiet", { value: "v", version: 0 });
-    expect(await kv.request("GET", "/v1/kv/quiet?waitVersion=1&waitMs=150")).toMatchObject({ status: 200, body: { err: "OK", value: "v", version: 1 } });
+    expect(await kv.request("GET", "/v1/kv/quiet?waitVersion=1&waitMs=150")).toMatchObject({
+      status: 200,
+      body: { err: "OK", value: "v", version: 1 },
+    });
     expect(await kv.request("GET", "/v1/kv/nothing?waitVersion=0&waitMs=150")).toMatchObject({ status: 404, body: { err: "ErrNoKey" } });
   });
 
@@ -63,7 +70,10 @@ describe("long-poll reads (GET /v1/kv/:key?waitVersion&waitMs)", () => {
   ])("refuses %s with 400", async (path, message) => {
     const kv = await startTestServer();
     onTestFinished(() => kv.close());
-    expect(await kv.request("GET", path)).toMatchObject({ status: 400, body: { err: "ErrBadRequest", message: expect.stringContaining(message) } });
+    expect(await kv.request("GET", path)).toMatchObject({
+      status: 400,
+      body: { err: "ErrBadRequest", message: expect.stringContaining(message) },
+    });
   });
 
   it("caps the reads waiting at once (KV_MAX_WAITERS): past the cap 503 with Retry-After, and counts them in /metrics", async () => {
@@ -94,7 +104,10 @@ describe("long-poll reads (GET /v1/kv/:key?waitVersion&waitMs)", () => {
   it("ends 100 waiting reads at once on SIGTERM, each answered with the state then, and exits 0 promptly", async () => {
     const server = await startServerProcess();
     const waits = Array.from({ length: 100 }, (_, i) =>
-      request(`${server.url}/v1/kv/shutdown-${i}?waitVersion=0&waitMs=60000`).then(async (r) => ({ status: r.statusCode, body: await r.body.json() })),
+      request(`${server.url}/v1/kv/shutdown-${i}?waitVersion=0&waitMs=60000`).then(async (r) => ({
+        status: r.statusCode,
+        body: await r.body.json(),
+      })),
     );
     const waiters = async () => (await request(`${server.url}/metrics`).then((r) => r.body.text())).match(/^kv_waiters (\d+)$/m)?.[1];
     await expect.poll(waiters, { timeout: 20_000, interval: 100 }).toBe("100");

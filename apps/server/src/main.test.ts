@@ -75,7 +75,12 @@ describe("the built server (dist/main.js)", () => {
     const res = await fetch(new URL("/v1/kv/a", url));
     expect(res.status).toBe(404);
     expect(await res.json()).toEqual({ err: "ErrNoKey" });
-    expect(server.output().stdout.split("\n").filter((l) => l.includes("listening"))).toHaveLength(1);
+    expect(
+      server
+        .output()
+        .stdout.split("\n")
+        .filter((l) => l.includes("listening")),
+    ).toHaveLength(1);
   });
 
   it.each(["SIGTERM", "SIGINT"] as const)(
@@ -157,7 +162,11 @@ describe("the built server (dist/main.js)", () => {
     onTestFinished(() => rmSync(cwd, { recursive: true, force: true }));
     const first = startServer({}, [], cwd);
     const url = await first.listening;
-    const put = await request(new URL("/v1/kv/kept", url), { method: "PUT", headers: { "content-type": "application/json" }, body: '{"value":"v","version":0}' });
+    const put = await request(new URL("/v1/kv/kept", url), {
+      method: "PUT",
+      headers: { "content-type": "application/json" },
+      body: '{"value":"v","version":0}',
+    });
     expect(await put.body.json()).toEqual({ err: "OK", version: 1 });
     first.child.kill("SIGTERM");
     expect(await first.exited).toBe(0);
@@ -177,7 +186,9 @@ describe("the built server (dist/main.js)", () => {
     await first.listening;
     const second = startServer({ KV_STORE: `lmdb:${dir}` });
     expect(await second.exited).toBe(1);
-    expect(second.output().stderr.trim().split("\n")).toEqual([`kv-server: cannot open the store: ${dir} is in use by another kv server process`]);
+    expect(second.output().stderr.trim().split("\n")).toEqual([
+      `kv-server: cannot open the store: ${dir} is in use by another kv server process`,
+    ]);
   });
 
   it("exits non-zero with one clear line when the store's path is not an LMDB environment", async () => {

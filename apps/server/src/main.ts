@@ -33,14 +33,11 @@ try {
 }
 const app = await buildApp(config, store, https === undefined ? {} : { https });
 
-closeWithGrace(
-  { delay: 10_000, logger: { error: (msg: unknown) => app.log.error(msg) } },
-  async ({ signal, err }) => {
-    if (err) app.log.error({ err }, "closing after an error");
-    else app.log.info({ signal }, "closing");
-    await app.close(); // stop accepting, answer the requests in flight; onClose closes the store
-  },
-);
+closeWithGrace({ delay: 10_000, logger: { error: (msg: unknown) => app.log.error(msg) } }, async ({ signal, err }) => {
+  if (err) app.log.error({ err }, "closing after an error");
+  else app.log.info({ signal }, "closing");
+  await app.close(); // stop accepting, answer the requests in flight; onClose closes the store
+});
 
 try {
   await app.listen({ host: config.host, port: config.port }); // Fastify logs the bound address

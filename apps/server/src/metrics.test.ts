@@ -30,8 +30,16 @@ describe("/metrics", () => {
     const kv = await startTestServer();
     onTestFinished(() => kv.close());
     const before = await scrape(kv);
-    for (const name of ["process_cpu_user_seconds_total", "process_resident_memory_bytes", "nodejs_eventloop_lag_seconds", "kv_http_requests_in_flight"]) {
-      expect([...before.keys()].some((k) => k.startsWith(name)), name).toBe(true);
+    for (const name of [
+      "process_cpu_user_seconds_total",
+      "process_resident_memory_bytes",
+      "nodejs_eventloop_lag_seconds",
+      "kv_http_requests_in_flight",
+    ]) {
+      expect(
+        [...before.keys()].some((k) => k.startsWith(name)),
+        name,
+      ).toBe(true);
     }
     const count = (samples: Map<string, number>, key: string) => samples.get(key) ?? 0;
     const putsOk = 'kv_http_requests_total{route="/v1/kv/:key",method="PUT",status="200"}';
@@ -75,7 +83,11 @@ describe("logs", () => {
     const value = "value-that-must-not-leak";
     const server = await startServerProcess({ env: { KV_AUTH_TOKEN: token }, args: ["--log-level", "trace"] });
     const auth = { authorization: `Bearer ${token}`, "content-type": "application/json" };
-    const put = await fetch(`${server.url}/v1/kv/k`, { method: "PUT", headers: { ...auth, "x-request-id": "req-42" }, body: JSON.stringify({ value, version: 0 }) });
+    const put = await fetch(`${server.url}/v1/kv/k`, {
+      method: "PUT",
+      headers: { ...auth, "x-request-id": "req-42" },
+      body: JSON.stringify({ value, version: 0 }),
+    });
     expect(put.status).toBe(200);
     expect(put.headers.get("x-request-id")).toBe("req-42");
     await fetch(`${server.url}/v1/kv/k`, { headers: { authorization: `Bearer ${token}x` } });

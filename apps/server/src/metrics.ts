@@ -105,9 +105,18 @@ export function measureStore(store: Store, kind: string, metrics: Metrics): Stor
     }
   };
   const measured: Store = {
-    get: (key) => time("get", () => store.get(key), (entry: StoredEntry | undefined) => (entry === undefined ? "absent" : "found")),
+    get: (key) =>
+      time(
+        "get",
+        () => store.get(key),
+        (entry: StoredEntry | undefined) => (entry === undefined ? "absent" : "found"),
+      ),
     putIfVersion: (key, value, expectedVersion, putId) =>
-      time("putIfVersion", () => store.putIfVersion(key, value, expectedVersion, putId), (r: PutIfVersionResult) => (r.ok ? "applied" : "refused")),
+      time(
+        "putIfVersion",
+        () => store.putIfVersion(key, value, expectedVersion, putId),
+        (r: PutIfVersionResult) => (r.ok ? "applied" : "refused"),
+      ),
     close: () => store.close(),
   };
   const { isReady, watch } = store;

@@ -53,7 +53,9 @@ describe("overload: too many requests in flight (KV_MAX_IN_FLIGHT)", () => {
       const socket = connect(Number(port), "127.0.0.1");
       await once(socket, "connect");
       const body = '{"value":"v","version":0}';
-      socket.end(`PUT /v1/kv/${key} HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
+      socket.end(
+        `PUT /v1/kv/${key} HTTP/1.1\r\nHost: kv\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+      );
       socket.destroy(); // the whole request sent, then gone before the reply
     }
     await sleep(600); // the store finishes both puts

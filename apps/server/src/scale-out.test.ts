@@ -338,7 +338,11 @@ describe("three kv servers on a three-member etcd cluster", () => {
       // A 60 s wait: unless the put wakes it, the test runs out of time first.
       const read = (server: ServerProcess, path: string) => fetch(`${server.url}${path}`).then((r) => r.json());
       const put = (server: ServerProcess, version: number, value: string) =>
-        fetch(`${server.url}/v1/kv/watched`, { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify({ value, version }) }).then((r) => r.json());
+        fetch(`${server.url}/v1/kv/watched`, {
+          method: "PUT",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ value, version }),
+        }).then((r) => r.json());
       expect(await put(a, 0, "v1")).toEqual({ err: "OK", version: 1 });
       const waiting = read(a, "/v1/kv/watched?waitVersion=1&waitMs=60000");
       // Waiting on a before the put through b: only an etcd watch can answer it now.

@@ -69,7 +69,11 @@ export async function startTestServer(
 }
 
 /** Resolves once `condition` holds, checking every 25 ms; rejects with `explain()` after `timeoutMs`. */
-export async function waitUntil(condition: () => boolean | Promise<boolean>, timeoutMs: number, explain: () => string | Promise<string>): Promise<void> {
+export async function waitUntil(
+  condition: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  explain: () => string | Promise<string>,
+): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (!(await condition())) {
     if (performance.now() > deadline) throw new Error(`${await explain()} after ${timeoutMs} ms`);

@@ -26,9 +26,12 @@ export function loadTls(tls: NonNullable<Config["tls"]>): { cert: Buffer; key: B
   try {
     createSecureContext({ cert, key });
   } catch (err) {
-    throw new TlsConfigError(`KV_TLS_CERT ${tls.certPath} and KV_TLS_KEY ${tls.keyPath} do not make a TLS certificate and its key: ${(err as Error).message}`, {
-      cause: err,
-    });
+    throw new TlsConfigError(
+      `KV_TLS_CERT ${tls.certPath} and KV_TLS_KEY ${tls.keyPath} do not make a TLS certificate and its key: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
   }
   return { cert, key };
 }

@@ -49,7 +49,14 @@ try {
   await measure(WARMUP_MS, viaClerk("warm"));
   const baselineOps = await measure(MEASURED_MS, raw("measured"));
   const clerkOps = await measure(MEASURED_MS, viaClerk("measured"));
-  console.log(JSON.stringify({ bench: "clerk put, 64 callers, loopback", baselineOps: Math.round(baselineOps), clerkOps: Math.round(clerkOps), ratio: Number((clerkOps / baselineOps).toFixed(3)) }));
+  console.log(
+    JSON.stringify({
+      bench: "clerk put, 64 callers, loopback",
+      baselineOps: Math.round(baselineOps),
+      clerkOps: Math.round(clerkOps),
+      ratio: Number((clerkOps / baselineOps).toFixed(3)),
+    }),
+  );
   await clerk.close();
   await pool.close();
 } finally {

@@ -41,7 +41,10 @@ describe("Clerk over the simulated network (linearizability)", () => {
     const seed = testSeed();
     const { history, net } = await run(seed, unreliable, 10, ["a"]);
     expect(net.stats.lostRequests + net.stats.lostReplies, `seed ${seed}`).toBeGreaterThan(50);
-    expect(history.every((e) => e.output !== undefined), `seed ${seed}`).toBe(true); // the clerk retried through
+    expect(
+      history.every((e) => e.output !== undefined),
+      `seed ${seed}`,
+    ).toBe(true); // the clerk retried through
     assertLinearizable(history, { seed });
   });
 
@@ -60,7 +63,14 @@ describe("Clerk over the simulated network (linearizability)", () => {
       await sim.net.sleep(3_000);
       sim.net.heal();
     })();
-    const history = await recordHistory({ clients: 5, opsPerClient: 40, keys: ["a", "b"], seed, now: () => sim.net.now(), execute: sim.execute });
+    const history = await recordHistory({
+      clients: 5,
+      opsPerClient: 40,
+      keys: ["a", "b"],
+      seed,
+      now: () => sim.net.now(),
+      execute: sim.execute,
+    });
     await healer;
     expect(sim.net.stats.partitioned, `seed ${seed}`).toBeGreaterThan(0);
     const lastOfCutOff = Math.max(...history.filter((e) => e.client < 2).map((e) => e.return ?? 0));
@@ -114,14 +124,24 @@ describe("Clerk.put outcomes (contract §3)", () => {
     );
     const all = results.flat();
     expect(sim.net.stats.lostReplies, `seed ${seed}`).toBeGreaterThan(50);
-    expect(all.filter((r) => r.err === "ErrMaybe"), `seed ${seed}`).toEqual([]);
+    expect(
+      all.filter((r) => r.err === "ErrMaybe"),
+      `seed ${seed}`,
+    ).toEqual([]);
     expect(all.every((r) => r.err === "OK")).toBe(true);
   });
 
   it("returns ErrMaybe only after a try went unanswered, and each one is consistent with the checker (10 writers, one key, 30 % reply loss)", async () => {
     const seed = testSeed();
     const sim = simulate(seed, { replyLoss: 0.3 }, 10);
-    const history = await recordHistory({ clients: 10, opsPerClient: 40, keys: ["hot"], seed, now: () => sim.net.now(), execute: sim.execute });
+    const history = await recordHistory({
+      clients: 10,
+      opsPerClient: 40,
+      keys: ["hot"],
+      seed,
+      now: () => sim.net.now(),
+      execute: sim.execute,
+    });
     const maybes = history.filter((e) => e.output?.err === "ErrMaybe").length;
     expect(maybes, `seed ${seed}`).toBeGreaterThan(0); // the hot key does provoke them…
     expect(maybes, `seed ${seed}`).toBeLessThanOrEqual(sim.net.stats.timeouts); // …never without a lost reply
@@ -193,14 +213,23 @@ describe("Clerk.get long-poll (waitVersion, waitMs)", () => {
         return r;
       },
     });
-    expect(history.some((e) => e.op.kind === "get" && e.output !== undefined && (e.return as number) - e.call >= 300), `seed ${seed}`).toBe(true); // some did wait
+    expect(
+      history.some((e) => e.op.kind === "get" && e.output !== undefined && (e.return as number) - e.call >= 300),
+      `seed ${seed}`,
+    ).toBe(true); // some did wait
     assertLinearizable(history, { seed });
   });
 
   it("rejects a wait given by halves or out of range with InvalidArgumentError before anything is sent", async () => {
     const { net, clerks } = simulate(8, {}, 1);
     const clerk = clerks[0] as Clerk;
-    for (const options of [{ waitVersion: 1 }, { waitMs: 10 }, { waitVersion: -1, waitMs: 10 }, { waitVersion: 1, waitMs: 60_001 }, { waitVersion: 1.5, waitMs: 10 }]) {
+    for (const options of [
+      { waitVersion: 1 },
+      { waitMs: 10 },
+      { waitVersion: -1, waitMs: 10 },
+      { waitVersion: 1, waitMs: 60_001 },
+      { waitVersion: 1.5, waitMs: 10 },
+    ]) {
       await expect(clerk.get("k", options)).rejects.toMatchObject({ name: "InvalidArgumentError", code: "ERR_INVALID_ARG_VALUE" });
     }
     expect(net.stats.requests).toBe(0);
@@ -227,7 +256,11 @@ describe("Clerk arguments, aborts and close", () => {
   it("rejects with AbortError at once for an aborted signal, and while retrying", async () => {
     const { net, clerks } = simulate(5, {}, 1);
     const clerk = clerks[0] as Clerk;
-    await expect(clerk.get("k", { signal: AbortSignal.abort("no") })).rejects.toMatchObject({ name: "AbortError", code: "ABORT_ERR", cause: "no" });
+    await expect(clerk.get("k", { signal: AbortSignal.abort("no") })).rejects.toMatchObject({
+      name: "AbortError",
+      code: "ABORT_ERR",
+      cause: "no",
+    });
     expect(net.stats.requests).toBe(0);
     net.partition([0]);
     const ac = new AbortController();

@@ -144,7 +144,11 @@ export class Clerk {
     await this.close();
   }
 
-  async #retry<R>(signal: AbortSignal | undefined, attempt: (call: TransportCallOptions) => Promise<R>, onNoReply?: () => void): Promise<R> {
+  async #retry<R>(
+    signal: AbortSignal | undefined,
+    attempt: (call: TransportCallOptions) => Promise<R>,
+    onNoReply?: () => void,
+  ): Promise<R> {
     // The transport keeps each try's deadline: an AbortSignal per try costs undici a quarter of
     // its throughput, so one goes down only when the caller gave one.
     const call: TransportCallOptions = { signal, timeoutMs: this.#attemptTimeoutMs };
@@ -201,7 +205,8 @@ export function createClerk(options: ClerkOptions): Clerk {
     throw new InvalidArgumentError("endpoints must be a non-empty array of http(s) URLs");
   }
   for (const e of endpoints) {
-    if (!/^https?:\/\/[^/]+\/?$/.test(e)) throw new InvalidArgumentError(`endpoint must be an http(s) URL with no path, got ${JSON.stringify(e)}`);
+    if (!/^https?:\/\/[^/]+\/?$/.test(e))
+      throw new InvalidArgumentError(`endpoint must be an http(s) URL with no path, got ${JSON.stringify(e)}`);
   }
   const { token } = options;
   // RFC 6750's token characters: anything else could not travel in a header.
@@ -227,6 +232,7 @@ function checkKey(key: string): void {
 }
 
 function positive(name: string, n: number): number {
-  if (!(typeof n === "number" && n > 0 && Number.isFinite(n))) throw new InvalidArgumentError(`${name} must be a positive number, got ${String(n)}`);
+  if (!(typeof n === "number" && n > 0 && Number.isFinite(n)))
+    throw new InvalidArgumentError(`${name} must be a positive number, got ${String(n)}`);
   return n;
 }

@@ -2,7 +2,15 @@ import { createServer, type IncomingMessage } from "node:http";
 import { type AddressInfo, connect } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
 import type { GetResult, PutResult } from "@kv/rpc";
-import { assertLinearizable, createFaultProxy, createTestCertificates, recordHistory, type ServerProcess, startServerProcess, testSeed } from "@kv/testkit";
+import {
+  assertLinearizable,
+  createFaultProxy,
+  createTestCertificates,
+  recordHistory,
+  type ServerProcess,
+  startServerProcess,
+  testSeed,
+} from "@kv/testkit";
 import { request } from "undici";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { type Clerk, createClerk } from "./clerk";
@@ -44,7 +52,11 @@ async function startFront(decide: (req: IncomingMessage, forward: () => Promise<
     for await (const chunk of req) chunks.push(chunk as Buffer);
     const body = Buffer.concat(chunks).toString();
     const forward = async (): Promise<FrontReply> => {
-      const upstream = await request(`${server.url}${req.url}`, { method: req.method as "PUT", headers: req.headers, body: body || undefined });
+      const upstream = await request(`${server.url}${req.url}`, {
+        method: req.method as "PUT",
+        headers: req.headers,
+        body: body || undefined,
+      });
       return { status: upstream.statusCode, body: await upstream.body.text() };
     };
     const reply = await decide(req, forward);
@@ -205,7 +217,9 @@ describe("createClerk over HTTP", () => {
 
   it("rejects a token that could not travel in a header with InvalidArgumentError", () => {
     for (const token of ["", "a\nb", "a b", "ключ"]) {
-      expect(() => createClerk({ endpoints: ["http://127.0.0.1:1"], token })).toThrow(expect.objectContaining({ code: "ERR_INVALID_ARG_VALUE" }));
+      expect(() => createClerk({ endpoints: ["http://127.0.0.1:1"], token })).toThrow(
+        expect.objectContaining({ code: "ERR_INVALID_ARG_VALUE" }),
+      );
     }
   });
 });

@@ -85,7 +85,13 @@ export class HttpTransport implements Transport {
     return this.#closed;
   }
 
-  async #send(method: "GET" | "PUT", key: string, body: string | undefined, options: TransportCallOptions | undefined, query = ""): Promise<Reply> {
+  async #send(
+    method: "GET" | "PUT",
+    key: string,
+    body: string | undefined,
+    options: TransportCallOptions | undefined,
+    query = "",
+  ): Promise<Reply> {
     const signal = options?.signal;
     const timeoutMs = options?.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     if (this.#closed !== undefined) throw new KvError("ERR_KV_CLOSED", "the clerk is closed");

@@ -49,7 +49,10 @@ export function parseInvocation(argv: readonly string[], env: Record<string, str
   const positionals = parsed.positionals[0] === "lock" ? parsed.positionals : [...parsed.positionals, ...afterDashes];
   const [verb, ...rest] = positionals;
   const common = {
-    endpoints: (values.endpoints ?? (env.KV_ENDPOINTS || DEFAULT_ENDPOINT)).split(",").map((s) => s.trim()).filter(Boolean),
+    endpoints: (values.endpoints ?? (env.KV_ENDPOINTS || DEFAULT_ENDPOINT))
+      .split(",")
+      .map((s) => s.trim())
+      .filter(Boolean),
     token: values.token ?? (env.KV_TOKEN || undefined),
     json: values.json === true,
     timeoutMs: values.timeout === undefined ? DEFAULT_TIMEOUT_MS : parseDuration("--timeout", values.timeout),

@@ -71,8 +71,13 @@ describe("kv get / put", () => {
 
   it("takes a value that starts with a dash after --, options before the command, and lets a flag win over its variable", async () => {
     expect(await kv(["put", "cli-dash", "--", "-5"])).toMatchObject({ code: 0 });
-    expect(await kv(["--endpoints", server.url, "lock", "cli-dash-lock", "--", "true"], { KV_ENDPOINTS: "http://127.0.0.1:1" })).toMatchObject({ code: 0 });
-    expect(await kv(["get", "cli-dash", "--endpoints", server.url], { KV_ENDPOINTS: "http://127.0.0.1:1" })).toMatchObject({ code: 0, stdout: "-5\n" });
+    expect(
+      await kv(["--endpoints", server.url, "lock", "cli-dash-lock", "--", "true"], { KV_ENDPOINTS: "http://127.0.0.1:1" }),
+    ).toMatchObject({ code: 0 });
+    expect(await kv(["get", "cli-dash", "--endpoints", server.url], { KV_ENDPOINTS: "http://127.0.0.1:1" })).toMatchObject({
+      code: 0,
+      stdout: "-5\n",
+    });
   });
 
   it("takes the token from KV_TOKEN or --token, and fails with 1 on a wrong one", async () => {
@@ -80,7 +85,10 @@ describe("kv get / put", () => {
     onTestFinished(async () => void (await secured.stop()));
     expect(await kv(["put", "cli-t", "v"], { KV_ENDPOINTS: secured.url, KV_TOKEN: "s3cret" })).toMatchObject({ code: 0 });
     expect(await kv(["get", "cli-t", "--endpoints", secured.url, "--token", "s3cret"])).toMatchObject({ code: 0, stdout: "v\n" });
-    expect(await kv(["get", "cli-t"], { KV_ENDPOINTS: secured.url, KV_TOKEN: "wrong" })).toMatchObject({ code: 1, stderr: expect.stringContaining("bearer token") });
+    expect(await kv(["get", "cli-t"], { KV_ENDPOINTS: secured.url, KV_TOKEN: "wrong" })).toMatchObject({
+      code: 1,
+      stderr: expect.stringContaining("bearer token"),
+    });
     expect(await kv(["get", "cli-t", "--json"], { KV_ENDPOINTS: secured.url, KV_TOKEN: "wrong" })).toMatchObject({
       code: 1,
       stdout: expect.stringContaining('{"err":"Error","code":"ERR_KV_UNAUTHORIZED"'),
@@ -157,16 +165,33 @@ describe("kv lock", () => {
     const log = join(dir, "log");
     const go = join(dir, "go");
     // The first holds the lock until the test says so: the second is waiting by then, for sure.
-    const first = start(["lock", "cli-lock-seq", "--", "sh", "-c", `echo "a start $KV_LOCK_TOKEN" >> ${log}; while [ ! -f ${go} ]; do sleep 0.05; done; echo "a end" >> ${log}`]);
+    const first = start([
+      "lock",
+      "cli-lock-seq",
+      "--",
+      "sh",
+      "-c",
+      `echo "a start $KV_LOCK_TOKEN" >> ${log}; while [ ! -f ${go} ]; do sleep 0.05; done; echo "a end" >> ${log}`,
+    ]);
     await until(() => existsSync(log), "the first command to start");
     const before = await waiters();
-    const second = start(["lock", "cli-lock-seq", "--", "sh", "-c", `echo "b start $KV_LOCK_TOKEN" >> ${log}; echo "b end" >> ${log}; exit 3`]);
+    const second = start([
+      "lock",
+      "cli-lock-seq",
+      "--",
+      "sh",
+      "-c",
+      `echo "b start $KV_LOCK_TOKEN" >> ${log}; echo "b end" >> ${log}; exit 3`,
+    ]);
     await expect.poll(waiters, { timeout: 20_000 }).toBe(before + 1);
     expect(readFileSync(log, "utf8")).not.toContain("b start");
     writeFileSync(go, "");
     expect((await first.done).code).toBe(0);
     expect((await second.done).code).toBe(3);
-    const lines = readFileSync(log, "utf8").trim().split("\n").map((l) => l.split(" "));
+    const lines = readFileSync(log, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => l.split(" "));
     expect(lines.map((l) => `${l[0]} ${l[1]}`)).toEqual(["a start", "a end", "b start", "b end"]);
     expect(Number(lines[2]?.[2])).toBeGreaterThan(Number(lines[0]?.[2]));
   });
@@ -174,7 +199,16 @@ describe("kv lock", () => {
   it("hands a killed kv's lock to the next kv lock once the TTL has passed", async () => {
     const dir = tempDir();
     const held = join(dir, "held");
-    const first = start(["lock", "cli-lock-kill", "--ttl", "2s", "--", "sh", "-c", `echo "$$ $KV_LOCK_TOKEN" > ${held}.tmp; mv ${held}.tmp ${held}; exec sleep 60`]);
+    const first = start([
+      "lock",
+      "cli-lock-kill",
+      "--ttl",
+      "2s",
+      "--",
+      "sh",
+      "-c",
+      `echo "$$ $KV_LOCK_TOKEN" > ${held}.tmp; mv ${held}.tmp ${held}; exec sleep 60`,
+    ]);
     await until(() => existsSync(held), "the first command to start");
     const [commandPid, firstToken] = readFileSync(held, "utf8").trim().split(" ").map(Number) as [number, number];
     onTestFinished(() => void (() => process.kill(commandPid, "SIGKILL"))());
@@ -193,7 +227,14 @@ describe("kv lock", () => {
   it("stops the command on SIGTERM, releases the lock, and exits with the command's code", async () => {
     const dir = tempDir();
     const mark = join(dir, "mark");
-    const run = start(["lock", "cli-lock-term", "--", "sh", "-c", `trap 'echo stopped > ${mark}; exit 9' TERM; echo held > ${mark}; while true; do sleep 0.05; done`]);
+    const run = start([
+      "lock",
+      "cli-lock-term",
+      "--",
+      "sh",
+      "-c",
+      `trap 'echo stopped > ${mark}; exit 9' TERM; echo held > ${mark}; while true; do sleep 0.05; done`,
+    ]);
     await until(() => existsSync(mark), "the command to start");
     run.child.kill("SIGTERM");
     expect((await run.done).code).toBe(9);
@@ -204,7 +245,14 @@ describe("kv lock", () => {
   it("exits at once on a second SIGTERM, killing a command that ignores the first", async () => {
     const dir = tempDir();
     const pidFile = join(dir, "pid");
-    const run = start(["lock", "cli-lock-twice", "--", "sh", "-c", `trap '' TERM; echo $$ > ${pidFile}.tmp; mv ${pidFile}.tmp ${pidFile}; while true; do sleep 0.05; done`]);
+    const run = start([
+      "lock",
+      "cli-lock-twice",
+      "--",
+      "sh",
+      "-c",
+      `trap '' TERM; echo $$ > ${pidFile}.tmp; mv ${pidFile}.tmp ${pidFile}; while true; do sleep 0.05; done`,
+    ]);
     await until(() => existsSync(pidFile), "the command to start");
     const commandPid = Number(readFileSync(pidFile, "utf8"));
     run.child.kill("SIGTERM"); // passed on to the command, which ignores it
@@ -242,9 +290,21 @@ describe("kv lock", () => {
     onTestFinished(async () => void (await paused.stop()));
     const dir = tempDir();
     const mark = join(dir, "mark");
-    const run = start(["lock", "cli-lock-lost", "--ttl", "2s", "--", "sh", "-c", `trap 'echo stopped > ${mark}; exit 0' TERM; echo held > ${mark}; while true; do sleep 0.1; done`], {
-      KV_ENDPOINTS: paused.url,
-    });
+    const run = start(
+      [
+        "lock",
+        "cli-lock-lost",
+        "--ttl",
+        "2s",
+        "--",
+        "sh",
+        "-c",
+        `trap 'echo stopped > ${mark}; exit 0' TERM; echo held > ${mark}; while true; do sleep 0.1; done`,
+      ],
+      {
+        KV_ENDPOINTS: paused.url,
+      },
+    );
     await until(() => existsSync(mark), "the command to start");
     paused.pause(); // renewals go unanswered
     const result = await run.done;

@@ -99,7 +99,12 @@ async function run(clerk: Clerk, { command, timeoutMs }: Invocation, out: Output
       return watch(clerk, command.key, command.count, timeoutMs, out, context.signal);
     case "lock": {
       const note = (text: string) => out.note(text);
-      return runLocked(clerk, command.key, command.ttlMs, command.command, { env: context.env, note, signal: context.signal, releaseTimeoutMs: timeoutMs });
+      return runLocked(clerk, command.key, command.ttlMs, command.command, {
+        env: context.env,
+        note,
+        signal: context.signal,
+        releaseTimeoutMs: timeoutMs,
+      });
     }
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command.verb)}`);
@@ -107,7 +112,15 @@ async function run(clerk: Clerk, { command, timeoutMs }: Invocation, out: Output
 }
 
 /** At `version`, or — like `etcdctl put` — over whatever version the key is at. */
-async function put(clerk: Clerk, key: string, value: string, version: number | undefined, timeoutMs: number, out: Output, stop: AbortSignal | undefined): Promise<number> {
+async function put(
+  clerk: Clerk,
+  key: string,
+  value: string,
+  version: number | undefined,
+  timeoutMs: number,
+  out: Output,
+  stop: AbortSignal | undefined,
+): Promise<number> {
   try {
     const r = await withDeadline(timeoutMs, stop, async (signal) => {
       if (version !== undefined) return clerk.put(key, value, version, { signal });
@@ -130,13 +143,22 @@ async function put(clerk: Clerk, key: string, value: string, version: number | u
 }
 
 /** Prints the value now, then after each change: a long-poll, so changes close together may be seen as one. */
-async function watch(clerk: Clerk, key: string, count: number, timeoutMs: number, out: Output, stop: AbortSignal | undefined): Promise<number> {
+async function watch(
+  clerk: Clerk,
+  key: string,
+  count: number,
+  timeoutMs: number,
+  out: Output,
+  stop: AbortSignal | undefined,
+): Promise<number> {
   let printed = 0;
   let version: number | undefined;
   try {
     while (printed < count) {
       const wait = version === undefined ? {} : { waitVersion: version, waitMs: WATCH_WAIT_MS };
-      const r = await withDeadline(timeoutMs + (version === undefined ? 0 : WATCH_WAIT_MS), stop, (signal) => clerk.get(key, { ...wait, signal }));
+      const r = await withDeadline(timeoutMs + (version === undefined ? 0 : WATCH_WAIT_MS), stop, (signal) =>
+        clerk.get(key, { ...wait, signal }),
+      );
       const now = r.err === "OK" ? r.version : 0;
       if (now === version) continue; // the wait ran out with nothing new
       version = now;
@@ -185,7 +207,8 @@ class Output {
         if (!this.#json) this.note(`${key}: ErrVersion (the key is at another version)`);
         return ExitCode.ErrVersion;
       case "ErrMaybe":
-        if (!this.#json && !isExplained) this.note(`${key}: ErrMaybe (no reply came, and the key has moved on: the put may or may not have been applied)`);
+        if (!this.#json && !isExplained)
+          this.note(`${key}: ErrMaybe (no reply came, and the key has moved on: the put may or may not have been applied)`);
         return ExitCode.ErrMaybe;
     }
   }
@@ -193,8 +216,14 @@ class Output {
   /** A real failure: on stderr, and with --json also on stdout as `{"err":"Error","code","message"}`. */
   failure(err: unknown): void {
     const code = (err as { code?: unknown } | null)?.code;
-    const message = err instanceof NoAnswerError ? `${err.message} (is a server running there? see --endpoints)` : err instanceof Error ? err.message : String(err);
-    if (this.#json) this.#context.stdout(`${JSON.stringify({ err: "Error", code: typeof code === "string" ? code : "ERR_KV", message })}\n`);
+    const message =
+      err instanceof NoAnswerError
+        ? `${err.message} (is a server running there? see --endpoints)`
+        : err instanceof Error
+          ? err.message
+          : String(err);
+    if (this.#json)
+      this.#context.stdout(`${JSON.stringify({ err: "Error", code: typeof code === "string" ? code : "ERR_KV", message })}\n`);
     this.note(message);
   }
 

@@ -29,7 +29,13 @@ export function exitCodeOfSignal(name: unknown): number {
  * stops what it started too: on a lost lease, SIGTERM, then SIGKILL 5 % of `ttlMs` later —
  * the lease gives up at 90 % of `ttlMs` and nobody takes over before 100 %.
  */
-export async function runLocked(clerk: Clerk, key: string, ttlMs: number, command: readonly [string, ...string[]], context: LockContext): Promise<number> {
+export async function runLocked(
+  clerk: Clerk,
+  key: string,
+  ttlMs: number,
+  command: readonly [string, ...string[]],
+  context: LockContext,
+): Promise<number> {
   let lock: Lock;
   try {
     lock = createLock(clerk, key, { ttlMs });
@@ -47,7 +53,11 @@ export async function runLocked(clerk: Clerk, key: string, ttlMs: number, comman
   }
 
   const [file, ...args] = command;
-  const child = spawn(file, args, { stdio: "inherit", detached: true, env: { ...context.env, KV_LOCK_KEY: key, KV_LOCK_TOKEN: String(hold.token) } });
+  const child = spawn(file, args, {
+    stdio: "inherit",
+    detached: true,
+    env: { ...context.env, KV_LOCK_KEY: key, KV_LOCK_TOKEN: String(hold.token) },
+  });
   const killGroup = (signal: NodeJS.Signals) => signalGroup(child, signal);
   const killOnExit = () => killGroup("SIGKILL"); // kv forced out (a second Ctrl-C): nothing runs on unlocked
   process.once("exit", killOnExit);
@@ -97,7 +107,8 @@ async function release(lock: Lock, key: string, context: LockContext): Promise<v
   const timedOut = new Promise<"timed out">((resolve) => (timer = setTimeout(resolve, context.releaseTimeoutMs, "timed out")));
   const outcome = await Promise.race([releasing, timedOut]);
   clearTimeout(timer);
-  if (outcome !== undefined) context.note(`could not release the lock on ${key} (${describe(outcome)}); it passes on once its lease runs out`);
+  if (outcome !== undefined)
+    context.note(`could not release the lock on ${key} (${describe(outcome)}); it passes on once its lease runs out`);
 }
 
 function hasLeaseEnded(hold: Hold): boolean {

@@ -126,7 +126,10 @@ describe("Lock with a lease (ttlMs) over the simulated network", () => {
     expect(cutOff).toBe(3);
     expect(violations, `seed ${seed}`).toEqual([]);
     expect(tokens.length).toBe(3 * 2 + 7 * 4);
-    expect(tokens.slice(1).every((t, i) => t > (tokens[i] as number)), `seed ${seed}: ${tokens.join()}`).toBe(true);
+    expect(
+      tokens.slice(1).every((t, i) => t > (tokens[i] as number)),
+      `seed ${seed}: ${tokens.join()}`,
+    ).toBe(true);
     expect(net.stats.lostRequests + net.stats.lostReplies, `seed ${seed}`).toBeGreaterThan(50);
   });
 
@@ -149,7 +152,9 @@ describe("Lock with a lease (ttlMs) over the simulated network", () => {
       },
     };
     const net = new SimNetwork(server, { seed: 9 });
-    const [holder, waiter] = [0, 1].map((c) => createLock(new Clerk(net.transport(c), { clock: net, attemptTimeoutMs: 100 }), "lock", { clock: net, ttlMs: TTL_MS })) as [Lock, Lock];
+    const [holder, waiter] = [0, 1].map((c) =>
+      createLock(new Clerk(net.transport(c), { clock: net, attemptTimeoutMs: 100 }), "lock", { clock: net, ttlMs: TTL_MS }),
+    ) as [Lock, Lock];
     holderId = holder.id;
     const first = await holder.acquire(); // renewals = 1
     const lost = abortTime(net, first);
@@ -199,7 +204,10 @@ describe("Lock with a lease (ttlMs) over the simulated network", () => {
     const holder = createLock(new Clerk(net.transport(0), { clock: net }), "lock", { clock: net });
     await holder.acquire();
     const impatientServer = net.transport(1);
-    const noWaits = { ...impatientServer, get: (key: string, options?: Parameters<typeof impatientServer.get>[1]) => impatientServer.get(key, { ...options, wait: undefined }) };
+    const noWaits = {
+      ...impatientServer,
+      get: (key: string, options?: Parameters<typeof impatientServer.get>[1]) => impatientServer.get(key, { ...options, wait: undefined }),
+    };
     const waiter = createLock(new Clerk(noWaits, { clock: net }), "lock", { clock: net });
     const ac = new AbortController();
     const waiting = waiter.acquire({ signal: ac.signal }).catch((err: unknown) => err);

@@ -38,7 +38,11 @@ describe("Lock over HTTP through the fault proxy (resets, drops, blackholes)", (
           inside = c;
           tokens.push(hold.token);
           const seen = await clerk.get(counterKey);
-          const wrote = await clerk.put(counterKey, String(seen.err === "OK" ? Number(seen.value) + 1 : 1), seen.err === "OK" ? seen.version : 0);
+          const wrote = await clerk.put(
+            counterKey,
+            String(seen.err === "OK" ? Number(seen.value) + 1 : 1),
+            seen.err === "OK" ? seen.version : 0,
+          );
           if (wrote.err !== "OK") problems.push(`client ${c}'s counter put got ${wrote.err}`);
           inside = -1;
           await lock.release();
@@ -47,8 +51,12 @@ describe("Lock over HTTP through the fault proxy (resets, drops, blackholes)", (
     );
     expect(problems, `seed ${seed}`).toEqual([]);
     expect(await (clerks[0] as Clerk).get(counterKey)).toMatchObject({ err: "OK", value: "30" });
-    expect(tokens.slice(1).every((t, i) => t > (tokens[i] as number)), `seed ${seed}: ${tokens.join()}`).toBe(true);
-    for (const fault of ["reset", "dropped", "blackholed"] as const) expect(proxy.stats[fault], `seed ${seed}: ${fault}`).toBeGreaterThan(0);
+    expect(
+      tokens.slice(1).every((t, i) => t > (tokens[i] as number)),
+      `seed ${seed}: ${tokens.join()}`,
+    ).toBe(true);
+    for (const fault of ["reset", "dropped", "blackholed"] as const)
+      expect(proxy.stats[fault], `seed ${seed}: ${fault}`).toBeGreaterThan(0);
   });
 });
 

@@ -64,7 +64,10 @@ describe("Lock over the simulated network", () => {
     const { overlaps, tokens, counter } = await contend(seed, faults);
     expect(overlaps, `seed ${seed}`).toEqual([]);
     expect(counter, `seed ${seed}`).toMatchObject({ err: "OK", value: "50" });
-    expect(tokens.slice(1).every((t, i) => t > (tokens[i] as number)), `seed ${seed}: ${tokens.join()}`).toBe(true);
+    expect(
+      tokens.slice(1).every((t, i) => t > (tokens[i] as number)),
+      `seed ${seed}: ${tokens.join()}`,
+    ).toBe(true);
   });
 
   it("gives a holder that acquires again its hold at once", async () => {

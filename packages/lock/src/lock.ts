@@ -157,7 +157,8 @@ export class Lock {
     let isOurs = hold !== undefined;
     try {
       // The holder knows the version it wrote last: one put, no read, unless it moved on.
-      if (hold !== undefined && (await this.#clerk.put(this.#key, UNLOCKED, hold.version)).err === "OK") return this.#end(hold, new LockNotHeldError("the hold ended"));
+      if (hold !== undefined && (await this.#clerk.put(this.#key, UNLOCKED, hold.version)).err === "OK")
+        return this.#end(hold, new LockNotHeldError("the hold ended"));
       while (true) {
         const seen = await this.#clerk.get(this.#key);
         if (seen.err !== "OK" || seen.value !== this.id) {
@@ -231,7 +232,8 @@ export class Lock {
   async #expireUnlessRenewed(hold: HoldState): Promise<void> {
     while (!hold.ended.signal.aborted) {
       const left = hold.expiresAt - this.#clock.now();
-      if (left <= 0) return this.#end(hold, new LeaseLostError(`the lease on ${JSON.stringify(this.#key)} was not renewed within ${this.#ttlMs} ms`));
+      if (left <= 0)
+        return this.#end(hold, new LeaseLostError(`the lease on ${JSON.stringify(this.#key)} was not renewed within ${this.#ttlMs} ms`));
       try {
         await this.#clock.sleep(left, hold.ended.signal);
       } catch {

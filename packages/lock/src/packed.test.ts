@@ -35,7 +35,10 @@ beforeAll(async () => {
   const tarballs = (await readdir(scratch)).filter((f) => f.endsWith(".tgz"));
   await writeFile(join(scratch, "package.json"), JSON.stringify({ name: "scratch", private: true }));
   // From npm's cache when it can (the monorepo's install filled it): the registry is the slow part.
-  await run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", ...tarballs.map((t) => `./${t}`)], { cwd: scratch, timeout: 200_000 });
+  await run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", ...tarballs.map((t) => `./${t}`)], {
+    cwd: scratch,
+    timeout: 200_000,
+  });
   server = await startServerProcess();
 }, 240_000);
 

@@ -58,5 +58,4 @@ export class InvalidArgumentError extends TypeError {
 }
 
 /** Match on code, not instanceof: two installed copies of @kv/rpc defeat instanceof. */
-export const hasCode = (e: unknown, code: string): boolean =>
-  e instanceof Error && (e as { code?: unknown }).code === code;
+export const hasCode = (e: unknown, code: string): boolean => e instanceof Error && (e as { code?: unknown }).code === code;

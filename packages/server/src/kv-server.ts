@@ -30,8 +30,10 @@ export class KVServer {
     assertKey(key);
     const { wait, signal } = options;
     if (wait === undefined) return this.#read(key);
-    if (!Number.isSafeInteger(wait.version) || wait.version < 0) throw new InvalidArgumentError(`waitVersion must be a safe integer ≥ 0, got ${String(wait.version)}`);
-    if (!Number.isSafeInteger(wait.ms) || wait.ms < 0 || wait.ms > MAX_WAIT_MS) throw new InvalidArgumentError(`waitMs must be an integer from 0 to ${MAX_WAIT_MS}, got ${String(wait.ms)}`);
+    if (!Number.isSafeInteger(wait.version) || wait.version < 0)
+      throw new InvalidArgumentError(`waitVersion must be a safe integer ≥ 0, got ${String(wait.version)}`);
+    if (!Number.isSafeInteger(wait.ms) || wait.ms < 0 || wait.ms > MAX_WAIT_MS)
+      throw new InvalidArgumentError(`waitMs must be an integer from 0 to ${MAX_WAIT_MS}, got ${String(wait.ms)}`);
     return this.#waitForChange(key, wait, signal);
   }
 
@@ -105,7 +107,10 @@ export class KVServer {
       throw new InvalidArgumentError(`version must be a safe integer ≥ 0, got ${String(version)}`);
     }
     // Characters are code points, as JSON Schema counts them for the HTTP route.
-    if (id !== undefined && (typeof id !== "string" || id === "" || (id.length > MAX_PUT_ID_LENGTH && [...id].length > MAX_PUT_ID_LENGTH))) {
+    if (
+      id !== undefined &&
+      (typeof id !== "string" || id === "" || (id.length > MAX_PUT_ID_LENGTH && [...id].length > MAX_PUT_ID_LENGTH))
+    ) {
       throw new InvalidArgumentError(`id must be a string of 1–${MAX_PUT_ID_LENGTH} characters`);
     }
     if (id !== undefined && !id.isWellFormed()) throw new InvalidArgumentError("id must be well-formed Unicode");

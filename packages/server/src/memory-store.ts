@@ -17,12 +17,7 @@ export class MemoryStore implements Store {
     return this.#entries.get(key);
   }
 
-  async putIfVersion(
-    key: string,
-    value: string,
-    expectedVersion: number,
-    putId: string | undefined,
-  ): Promise<PutIfVersionResult> {
+  async putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult> {
     this.#assertOpen();
     const current = this.#entries.get(key);
     if ((current?.version ?? 0) !== expectedVersion) return { ok: false, current };

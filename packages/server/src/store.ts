@@ -27,12 +27,7 @@ export interface Store {
    * the entry as it was at that same moment (`undefined`: absent).
    * Rejects `KvError` `ERR_KV_CLOSED` after `close()`.
    */
-  putIfVersion(
-    key: string,
-    value: string,
-    expectedVersion: number,
-    putId: string | undefined,
-  ): Promise<PutIfVersionResult>;
+  putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult>;
   /**
    * Calls `onChange` after a write to `key` commits (it may also call it when nothing changed);
    * returns the function that stops it. What long-poll reads wait on: a write through any server

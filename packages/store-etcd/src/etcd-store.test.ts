@@ -1,7 +1,15 @@
 import { randomUUID } from "node:crypto";
 import { type GetResult, hasCode, NetworkError, type PutResult } from "@kv/rpc";
 import { KVServer } from "@kv/server";
-import { assertLinearizable, createFaultProxy, describeStoreConformance, type EtcdCluster, recordHistory, startEtcdCluster, testSeed } from "@kv/testkit";
+import {
+  assertLinearizable,
+  createFaultProxy,
+  describeStoreConformance,
+  type EtcdCluster,
+  recordHistory,
+  startEtcdCluster,
+  testSeed,
+} from "@kv/testkit";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { openEtcdStore } from "./etcd-store";
 
@@ -126,7 +134,12 @@ describe("EtcdStore on a three-member cluster, through faults", () => {
     const proxies = await Promise.all(
       three.endpoints.map((url, i) => {
         const { hostname, port } = new URL(url);
-        return createFaultProxy({ target: { host: hostname, port: Number(port) }, seed: seed + i, request: { drop: 0.03 }, reply: { drop: 0.1 } });
+        return createFaultProxy({
+          target: { host: hostname, port: Number(port) },
+          seed: seed + i,
+          request: { drop: 0.03 },
+          reply: { drop: 0.1 },
+        });
       }),
     );
     onTestFinished(() => Promise.all(proxies.map((p) => p.close())).then(() => undefined));
@@ -158,7 +171,10 @@ describe("EtcdStore on a three-member cluster, through faults", () => {
         }
       },
     });
-    expect(proxies.reduce((n, p) => n + p.stats.dropped, 0), `seed ${seed}`).toBeGreaterThan(0);
+    expect(
+      proxies.reduce((n, p) => n + p.stats.dropped, 0),
+      `seed ${seed}`,
+    ).toBeGreaterThan(0);
     assertLinearizable(history, { seed });
     expect(unconfirmed, `seed ${seed}`).toBeLessThan(history.length / 2); // most calls still get through
   });

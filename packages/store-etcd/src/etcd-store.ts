@@ -21,7 +21,6 @@ export interface EtcdStoreOptions {
   callTimeoutMs?: number;
 }
 
-
 const DEFAULT_PREFIX = "kv/";
 // Longer than etcd's leader election with its default 1 s election timeout: a call that waits
 // out an election succeeds; one that cannot, fails while the clerk's try (5 s) still waits.
@@ -61,7 +60,10 @@ export class EtcdStore implements Store {
         // A member that failed twice in a row is skipped for a second (etcd3's default: three
         // failures, five seconds — with one member, five seconds of refusals after a blip).
         host: () =>
-          circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: BREAKER_OPEN_MS, breaker: new ConsecutiveBreaker(FAILURES_TO_SKIP_A_MEMBER) }),
+          circuitBreaker(handleWhen(isRecoverableError), {
+            halfOpenAfter: BREAKER_OPEN_MS,
+            breaker: new ConsecutiveBreaker(FAILURES_TO_SKIP_A_MEMBER),
+          }),
       },
       // Reconnect to a member soon after a lost connection (gRPC waits a second at first).
       grpcOptions: { "grpc.initial_reconnect_backoff_ms": 100, "grpc.max_reconnect_backoff_ms": 1_000 },
@@ -116,7 +118,8 @@ export class EtcdStore implements Store {
         return { ok: false, current };
       } catch (err) {
         lastError = err;
-        if (isTooLarge(err)) throw new KvError("ERR_KV_TOO_LARGE", `etcd refused the put as too large: ${(err as Error).message}`, { cause: err });
+        if (isTooLarge(err))
+          throw new KvError("ERR_KV_TOO_LARGE", `etcd refused the put as too large: ${(err as Error).message}`, { cause: err });
         if (reachedEtcd(err)) isAmbiguous = true;
         if (this.#closed) break;
         await pause();
@@ -185,12 +188,11 @@ export class EtcdStore implements Store {
   /** Lets the calls in flight finish (each within its tries' deadlines), then closes the client. */
   close(): Promise<void> {
     this.#closed = true;
-    this.#closing ??= Promise.allSettled(this.#inFlight)
-      .then(() => {
-        // Not awaited: etcd3 settles neither a watch being made nor its cancel while etcd is unreachable.
-        void this.#watching?.then((watcher) => watcher?.cancel()).catch(() => {});
-        this.#client.close();
-      });
+    this.#closing ??= Promise.allSettled(this.#inFlight).then(() => {
+      // Not awaited: etcd3 settles neither a watch being made nor its cancel while etcd is unreachable.
+      void this.#watching?.then((watcher) => watcher?.cancel()).catch(() => {});
+      this.#client.close();
+    });
     return this.#closing;
   }
 
@@ -220,7 +222,8 @@ export class EtcdStore implements Store {
 export async function openEtcdStore(options: EtcdStoreOptions): Promise<EtcdStore> {
   if (options.endpoints.length === 0) throw new StoreOpenError("etcd: no endpoints given");
   for (const url of options.endpoints) {
-    if (!/^https?:\/\/[^/\s]+$/.test(url)) throw new StoreOpenError(`etcd endpoints must be http(s)://host:port, got ${JSON.stringify(url)}`);
+    if (!/^https?:\/\/[^/\s]+$/.test(url))
+      throw new StoreOpenError(`etcd endpoints must be http(s)://host:port, got ${JSON.stringify(url)}`);
   }
   if (options.prefix === "") throw new StoreOpenError("etcd prefix must not be empty: kv would share etcd's whole keyspace");
   return new EtcdStore(options);

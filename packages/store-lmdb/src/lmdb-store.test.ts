@@ -49,20 +49,32 @@ describe("openLmdbStore", () => {
   it("refuses a file, a directory of other files, and a data.mdb that is not LMDB", async () => {
     const file = join(root, "a-file");
     writeFileSync(file, "not a directory");
-    await expect(openLmdbStore({ path: file })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining("not a directory") });
+    await expect(openLmdbStore({ path: file })).rejects.toMatchObject({
+      code: "ERR_KV_STORE_OPEN",
+      message: expect.stringContaining("not a directory"),
+    });
 
     const home = freshDir();
     mkdirSync(home);
     writeFileSync(join(home, "notes.txt"), "mine");
-    await expect(openLmdbStore({ path: home })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining("no data.mdb") });
+    await expect(openLmdbStore({ path: home })).rejects.toMatchObject({
+      code: "ERR_KV_STORE_OPEN",
+      message: expect.stringContaining("no data.mdb"),
+    });
 
     const garbage = freshDir();
     mkdirSync(garbage);
     writeFileSync(join(garbage, "data.mdb"), Buffer.alloc(64 * 1024, 7));
-    await expect(openLmdbStore({ path: garbage })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining("not an LMDB environment") });
+    await expect(openLmdbStore({ path: garbage })).rejects.toMatchObject({
+      code: "ERR_KV_STORE_OPEN",
+      message: expect.stringContaining("not an LMDB environment"),
+    });
 
     const under = join(file, "store"); // a file where a directory would have to be made
-    await expect(openLmdbStore({ path: under })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining(`cannot use ${under}`) });
+    await expect(openLmdbStore({ path: under })).rejects.toMatchObject({
+      code: "ERR_KV_STORE_OPEN",
+      message: expect.stringContaining(`cannot use ${under}`),
+    });
   });
 
   it("opens a directory that holds only LMDB's lock.mdb, as a crash before the first commit leaves it", async () => {
@@ -77,9 +89,20 @@ describe("openLmdbStore", () => {
   it("refuses a directory another process holds, and takes it once that process is killed", async () => {
     const path = freshDir();
     const url = new URL("../dist/index.js", import.meta.url).href;
-    const holder = spawn(process.execPath, ["--input-type=module", "-e", `import { openLmdbStore } from ${JSON.stringify(url)}; await openLmdbStore({ path: ${JSON.stringify(path)} }); console.log("open"); setInterval(() => {}, 1000);`], { stdio: ["ignore", "pipe", "inherit"] });
+    const holder = spawn(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        `import { openLmdbStore } from ${JSON.stringify(url)}; await openLmdbStore({ path: ${JSON.stringify(path)} }); console.log("open"); setInterval(() => {}, 1000);`,
+      ],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
     await new Promise<void>((resolve) => holder.stdout.once("data", () => resolve()));
-    await expect(openLmdbStore({ path })).rejects.toMatchObject({ code: "ERR_KV_STORE_OPEN", message: expect.stringContaining("in use by another kv server process") });
+    await expect(openLmdbStore({ path })).rejects.toMatchObject({
+      code: "ERR_KV_STORE_OPEN",
+      message: expect.stringContaining("in use by another kv server process"),
+    });
     holder.kill("SIGKILL");
     await new Promise((resolve) => holder.once("exit", resolve));
     const store = await openLmdbStore({ path });

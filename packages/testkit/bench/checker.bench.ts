@@ -37,5 +37,13 @@ for (const c of cases) {
     if (result !== "ok") throw new Error(`${c.name}, seed ${seed}: ${result}`);
   }
   times.sort((a, b) => a - b);
-  console.log(JSON.stringify({ bench: `checkLinearizable: ${c.name}`, runs: times.length, medianMs: Number(times[2]?.toFixed(1)), maxMs: Number(times[4]?.toFixed(1)), result }));
+  console.log(
+    JSON.stringify({
+      bench: `checkLinearizable: ${c.name}`,
+      runs: times.length,
+      medianMs: Number(times[2]?.toFixed(1)),
+      maxMs: Number(times[4]?.toFixed(1)),
+      result,
+    }),
+  );
 }

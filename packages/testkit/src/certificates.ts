@@ -20,10 +20,40 @@ export function createTestCertificates(host: string): TestCertificates {
   const dir = mkdtempSync(join(tmpdir(), "kv-tls-"));
   try {
     const openssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=kv test CA");
+    openssl(
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      "ca.key",
+      "-out",
+      "ca.pem",
+      "-days",
+      "1",
+      "-subj",
+      "/CN=kv test CA",
+    );
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", `/CN=${host}`);
     writeFileSync(join(dir, "ext.cnf"), `subjectAltName=IP:${host}\n`);
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "ext.cnf");
+    openssl(
+      "x509",
+      "-req",
+      "-in",
+      "server.csr",
+      "-CA",
+      "ca.pem",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-out",
+      "server.pem",
+      "-days",
+      "1",
+      "-extfile",
+      "ext.cnf",
+    );
     const read = (name: string) => readFileSync(join(dir, name), "utf8");
     return { ca: read("ca.pem"), cert: read("server.pem"), key: read("server.key") };
   } finally {

@@ -10,7 +10,15 @@ const get = (client: number, call: number, ret: number | undefined, output?: Get
   call,
   ...(ret === undefined ? {} : { return: ret, output }),
 });
-const put = (client: number, call: number, ret: number | undefined, value: string, version: number, output?: PutResult, key = "k"): Event => ({
+const put = (
+  client: number,
+  call: number,
+  ret: number | undefined,
+  value: string,
+  version: number,
+  output?: PutResult,
+  key = "k",
+): Event => ({
   client,
   op: { kind: "put", key, value, version },
   call,
@@ -110,12 +118,7 @@ describe("checkLinearizable and one client's own order", () => {
   it("throws InvalidArgumentError, naming the client and times, when a client's op returns as its next is called", () => {
     // Not linearizable: each client's get follows its own put, so both puts precede both gets.
     // Split by key, touching times would read as concurrent and the history would pass.
-    const h = [
-      put(0, 0, 5, "a", 0, OK(1), "x"),
-      get(0, 5, 6, NoKey, "y"),
-      put(1, 0, 5, "b", 0, OK(1), "y"),
-      get(1, 5, 6, NoKey, "x"),
-    ];
+    const h = [put(0, 0, 5, "a", 0, OK(1), "x"), get(0, 5, 6, NoKey, "y"), put(1, 0, 5, "b", 0, OK(1), "y"), get(1, 5, 6, NoKey, "x")];
     expect(() => checkLinearizable(h)).toThrow(InvalidArgumentError);
     expect(() => checkLinearizable(h)).toThrow(/client 0's ops overlap: one returned at 5, its next was called at 5/);
     // The same history recorded with a clock that moves between them is checked, and caught.
@@ -220,7 +223,12 @@ describe("checkLinearizable input checks and budget", () => {
 type Model = Map<string, { value: string; version: number }>;
 const opArb = fc.oneof(
   fc.record({ kind: fc.constant("get" as const), key: fc.constantFrom("a", "b", "c") }),
-  fc.record({ kind: fc.constant("put" as const), key: fc.constantFrom("a", "b", "c"), value: fc.constantFrom("x", "y", "z"), version: fc.nat(3) }),
+  fc.record({
+    kind: fc.constant("put" as const),
+    key: fc.constantFrom("a", "b", "c"),
+    value: fc.constantFrom("x", "y", "z"),
+    version: fc.nat(3),
+  }),
 );
 
 /** Runs ops one at a time against a model of contract §2; each op's span is its own slot. */
@@ -283,7 +291,10 @@ function bruteForce(history: Event[]): boolean {
       let write: { value: string; version: number } | undefined;
       const out = e.output;
       if (e.op.kind === "get") {
-        const fits = out?.err === "ErrNoKey" ? cur === undefined : out?.err === "OK" && "value" in out && cur?.value === out.value && version === out.version;
+        const fits =
+          out?.err === "ErrNoKey"
+            ? cur === undefined
+            : out?.err === "OK" && "value" in out && cur?.value === out.value && version === out.version;
         if (!fits) continue;
       } else {
         const matches = version === e.op.version;

@@ -6,10 +6,7 @@ import { type Event, formatEvent } from "./history";
  * fits the ops on `key`; `explanation` shows where the best order got stuck), or `unknown` (out of
  * time before either was proved).
  */
-export type CheckResult =
-  | { result: "ok" }
-  | { result: "illegal"; key: string; explanation: string }
-  | { result: "unknown" };
+export type CheckResult = { result: "ok" } | { result: "illegal"; key: string; explanation: string } | { result: "unknown" };
 
 // Long enough for any history the tests make (they check in milliseconds), short enough that a
 // pathological one fails a test instead of hanging it.
@@ -135,7 +132,12 @@ function checkKey(key: string, events: Event[], deadline: number): CheckResult {
   const ops: KeyOp[] = events.map((event, bit) => ({
     event,
     bit,
-    valueId: event.op.kind === "put" ? intern(event.op.value) : event.output?.err === "OK" && "value" in event.output ? intern(event.output.value) : -1,
+    valueId:
+      event.op.kind === "put"
+        ? intern(event.op.value)
+        : event.output?.err === "OK" && "value" in event.output
+          ? intern(event.output.value)
+          : -1,
     isUnknownPut: event.op.kind === "put" && (event.output === undefined || event.output.err === "ErrMaybe"),
   }));
 
@@ -309,10 +311,15 @@ const MAX_LISTED = 6;
 
 function explain(key: string, events: readonly Event[], d: Deepest): string {
   const list = (es: readonly Event[]) =>
-    es.slice(0, MAX_LISTED).map((e) => `  ${formatEvent(e)}`).join("\n") + (es.length > MAX_LISTED ? `\n  (+${es.length - MAX_LISTED} more)` : "");
+    es
+      .slice(0, MAX_LISTED)
+      .map((e) => `  ${formatEvent(e)}`)
+      .join("\n") + (es.length > MAX_LISTED ? `\n  (+${es.length - MAX_LISTED} more)` : "");
   const state = d.version === 0 ? "absent" : `at version ${d.version}, value ${JSON.stringify(d.value)}`;
   const from = Math.min(...d.candidates.map((e) => e.call));
-  const around = events.filter((e) => e.call <= d.deadline && (e.return ?? Number.POSITIVE_INFINITY) >= from).sort((a, b) => a.call - b.call);
+  const around = events
+    .filter((e) => e.call <= d.deadline && (e.return ?? Number.POSITIVE_INFINITY) >= from)
+    .sort((a, b) => a.call - b.call);
   return [
     `no order of the ${events.length} operations on key ${JSON.stringify(key)} fits their results.`,
     d.done === 0

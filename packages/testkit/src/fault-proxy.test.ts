@@ -55,7 +55,10 @@ describe("FaultProxy in front of the built server", () => {
   it("resets connections: the client sees ECONNRESET, the server stays up", async () => {
     const proxy = await startProxy({ reset: 1 });
     const outcomes = await Promise.all(Array.from({ length: 5 }, () => attempt(proxy.url, "GET", "/v1/kv/x")));
-    expect(outcomes.every((o) => o === "ECONNRESET"), outcomes.join()).toBe(true);
+    expect(
+      outcomes.every((o) => o === "ECONNRESET"),
+      outcomes.join(),
+    ).toBe(true);
     expect(proxy.stats.reset).toBe(5);
     expect(await isUp()).toBe(true);
   });
@@ -170,7 +173,9 @@ describe("FaultProxy in front of the built server", () => {
   it("mixes faults at rates changed while it runs, and every kind shows up while the server stays up", async () => {
     const proxy = await startProxy();
     proxy.setFaults({ request: { reset: 0.2, drop: 0.2, blackhole: 0.1, delay: 0.2, delayMs: 5 }, reply: { drop: 0.1 } });
-    const outcomes = await Promise.all(Array.from({ length: 60 }, (_, i) => attempt(proxy.url, "PUT", `/v1/kv/mix-${i}`, { value: "v", version: 0 })));
+    const outcomes = await Promise.all(
+      Array.from({ length: 60 }, (_, i) => attempt(proxy.url, "PUT", `/v1/kv/mix-${i}`, { value: "v", version: 0 })),
+    );
     expect(proxy.stats.reset).toBeGreaterThan(0);
     expect(proxy.stats.dropped).toBeGreaterThan(0);
     expect(proxy.stats.blackholed).toBeGreaterThan(0);

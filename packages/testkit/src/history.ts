@@ -21,7 +21,10 @@ export interface Event {
 
 /** One line per event, for failure messages: `c3 put(k,"v",2) → ErrVersion [12.0, 15.3]`. */
 export function formatEvent(e: Event): string {
-  const op = e.op.kind === "get" ? `get(${JSON.stringify(e.op.key)})` : `put(${JSON.stringify(e.op.key)},${JSON.stringify(e.op.value)},${e.op.version})`;
+  const op =
+    e.op.kind === "get"
+      ? `get(${JSON.stringify(e.op.key)})`
+      : `put(${JSON.stringify(e.op.key)},${JSON.stringify(e.op.value)},${e.op.version})`;
   const out = e.output === undefined ? "no reply" : formatOutput(e.output);
   const span = `[${e.call.toFixed(1)}, ${e.return === undefined ? "∞" : e.return.toFixed(1)}]`;
   return `c${e.client} ${op} → ${out} ${span}`;
@@ -37,9 +40,7 @@ export function formatHistory(history: readonly Event[], limit = 20): string {
   const sorted = [...history].sort((a, b) => a.call - b.call);
   if (sorted.length <= limit) return sorted.map(formatEvent).join("\n");
   const half = Math.floor(limit / 2);
-  return [
-    ...sorted.slice(0, half).map(formatEvent),
-    `… ${sorted.length - 2 * half} more …`,
-    ...sorted.slice(-half).map(formatEvent),
-  ].join("\n");
+  return [...sorted.slice(0, half).map(formatEvent), `… ${sorted.length - 2 * half} more …`, ...sorted.slice(-half).map(formatEvent)].join(
+    "\n",
+  );
 }

@@ -3,7 +3,14 @@ export { type Event, type Op, formatEvent, formatHistory } from "./history";
 export { createRandom, testSeed } from "./random";
 export { assertLinearizable, recordHistory, type RecordHistoryOptions } from "./record-history";
 export { SimNetwork, type SimClock, type SimFaults, type SimNetworkOptions, type SimServer, type SimStats } from "./sim-network";
-export { createFaultProxy, type FaultProxy, type FaultProxyOptions, type FaultProxyStats, type FaultRates, type ProxyFaults } from "./fault-proxy";
+export {
+  createFaultProxy,
+  type FaultProxy,
+  type FaultProxyOptions,
+  type FaultProxyStats,
+  type FaultRates,
+  type ProxyFaults,
+} from "./fault-proxy";
 export { findServerEntry, startServerProcess, type ServerProcess, type ServerProcessOptions } from "./server-process";
 export { describeStoreConformance, type StoreConformanceOptions } from "./store-conformance";
 export { type EtcdCluster, type EtcdClusterOptions, type EtcdMember, startEtcdCluster } from "./etcd-cluster";

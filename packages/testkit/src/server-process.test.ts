@@ -14,7 +14,11 @@ async function start(options?: ServerProcessOptions) {
 }
 
 const put = (url: string, key: string, version: number) =>
-  fetch(`${url}/v1/kv/${key}`, { method: "PUT", headers: { "content-type": "application/json" }, body: JSON.stringify({ value: "v", version }) });
+  fetch(`${url}/v1/kv/${key}`, {
+    method: "PUT",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ value: "v", version }),
+  });
 
 /** A stand-in server that says 503 to its first two `/readyz` requests, and how many it has had. */
 const SLOW_TO_READY = `

@@ -86,7 +86,9 @@ describe("SimNetwork", () => {
         throw new TypeError("a bug in the server");
       },
     };
-    await expect(runWorkers(buggy, seed)).rejects.toThrow(`recording failed (replay with KV_TEST_SEED=${seed}): TypeError: a bug in the server`);
+    await expect(runWorkers(buggy, seed)).rejects.toThrow(
+      `recording failed (replay with KV_TEST_SEED=${seed}): TypeError: a bug in the server`,
+    );
   });
 
   it("delivers late requests after their sender gave up, out of order", async () => {
@@ -181,7 +183,10 @@ describe("SimNetwork", () => {
 
   it("passes a server's rejection to the client as a reply", async () => {
     const net = new SimNetwork(new KVServer(new MemoryStore()), { seed: 4 });
-    const err = await net.transport(0).put({ key: "", value: "v", version: 0 }).catch((e: unknown) => e);
+    const err = await net
+      .transport(0)
+      .put({ key: "", value: "v", version: 0 })
+      .catch((e: unknown) => e);
     expect(hasCode(err, "ERR_INVALID_ARG_VALUE")).toBe(true);
     const ok: PutResult = await net.transport(0).put({ key: "k", value: "v", version: 0, id: "p1" });
     expect(ok).toEqual({ err: "OK", version: 1 });

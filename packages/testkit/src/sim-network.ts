@@ -149,11 +149,15 @@ export class SimNetwork implements SimClock {
       put: (r: PutRequest, options?: TransportCallOptions) =>
         isClosed
           ? closed()
-          : this.#call(client, async () => {
-              const result = await this.#server.put(r.key, r.value, r.version, r.id);
-              if (result.err === "OK") this.#recheckParked();
-              return result;
-            }, options),
+          : this.#call(
+              client,
+              async () => {
+                const result = await this.#server.put(r.key, r.value, r.version, r.id);
+                if (result.err === "OK") this.#recheckParked();
+                return result;
+              },
+              options,
+            ),
       close: async () => {
         isClosed = true;
       },

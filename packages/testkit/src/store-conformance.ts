@@ -89,7 +89,12 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
     it("agrees with a Map model on every sequence of puts", async () => {
       const store = await fresh();
       let round = 0;
-      const op = fc.record({ key: fc.constantFrom("a", "b"), value: fc.string(), version: fc.nat(3), id: fc.option(fc.constantFrom("i1", "i2")) });
+      const op = fc.record({
+        key: fc.constantFrom("a", "b"),
+        value: fc.string(),
+        version: fc.nat(3),
+        id: fc.option(fc.constantFrom("i1", "i2")),
+      });
       await fc.assert(
         fc.asyncProperty(fc.array(op, { maxLength: 12 }), async (ops) => {
           const prefix = `run${round++}:`; // one store for every run: each run has keys of its own
@@ -99,7 +104,11 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
             const id = o.id ?? undefined;
             const now = model.get(key);
             const expected = (now?.version ?? 0) === o.version ? { ok: true, version: o.version + 1 } : { ok: false, current: now };
-            if (expected.ok) model.set(key, id === undefined ? { value: o.value, version: o.version + 1 } : { value: o.value, version: o.version + 1, putId: id });
+            if (expected.ok)
+              model.set(
+                key,
+                id === undefined ? { value: o.value, version: o.version + 1 } : { value: o.value, version: o.version + 1, putId: id },
+              );
             expect(await store.putIfVersion(key, o.value, o.version, id)).toEqual(expected);
           }
           for (const [key, entry] of model) expect(await store.get(key)).toEqual(entry);
@@ -111,7 +120,9 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
     it("lets exactly one of many concurrent conditional puts win each version", async () => {
       const store = await fresh();
       for (let version = 0; version < 5; version++) {
-        const results = await Promise.all(Array.from({ length: 40 }, (_, i) => store.putIfVersion("hot", `v${version}.${i}`, version, `id${version}.${i}`)));
+        const results = await Promise.all(
+          Array.from({ length: 40 }, (_, i) => store.putIfVersion("hot", `v${version}.${i}`, version, `id${version}.${i}`)),
+        );
         const winners = results.filter((r) => r.ok);
         expect(winners).toEqual([{ ok: true, version: version + 1 }]);
         const winner = results.findIndex((r) => r.ok);
@@ -157,7 +168,8 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
 
     it("keeps odd keys apart and gives them back as they were", async () => {
       const store = await fresh();
-      for (const [i, key] of ODD_KEYS.entries()) expect(await store.putIfVersion(key, `v${i}`, 0, undefined)).toEqual({ ok: true, version: 1 });
+      for (const [i, key] of ODD_KEYS.entries())
+        expect(await store.putIfVersion(key, `v${i}`, 0, undefined)).toEqual({ ok: true, version: 1 });
       for (const [i, key] of ODD_KEYS.entries()) expect(await store.get(key)).toEqual({ value: `v${i}`, version: 1 });
       expect(await store.get("constructor ")).toBeUndefined();
       expect(await store.get("y".repeat(2000))).toBeUndefined();
@@ -187,7 +199,9 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
       const many = Array.from({ length: 50 }, () => kv.get("lp", { wait: { version: 2, ms: 60_000 } }));
       await new Promise((resolve) => setTimeout(resolve, 100));
       await store.putIfVersion("lp", "v3", 2, undefined);
-      expect(new Set((await Promise.all(many)).map((r) => JSON.stringify(r)))).toEqual(new Set([JSON.stringify({ err: "OK", value: "v3", version: 3 })]));
+      expect(new Set((await Promise.all(many)).map((r) => JSON.stringify(r)))).toEqual(
+        new Set([JSON.stringify({ err: "OK", value: "v3", version: 3 })]),
+      );
       // An aborted wait ends at once with the state then.
       const ac = new AbortController();
       const aborted = kv.get("lp", { wait: { version: 3, ms: 60_000 }, signal: ac.signal });

@@ -72,7 +72,8 @@ export async function kvRoutes(app: FastifyInstance, { server, config, metrics, 
       }
       if (waitVersion === undefined || waitMs === undefined) return refuse(reply, "ErrBadRequest", "waitVersion and waitMs go together");
       const wait = { version: Number(waitVersion), ms: Number(waitMs) };
-      if (wait.version > MAX_VERSION) return refuse(reply, "ErrBadRequest", `waitVersion must be at most ${MAX_VERSION}, got ${waitVersion}`);
+      if (wait.version > MAX_VERSION)
+        return refuse(reply, "ErrBadRequest", `waitVersion must be at most ${MAX_VERSION}, got ${waitVersion}`);
       if (wait.ms > MAX_WAIT_MS) return refuse(reply, "ErrBadRequest", `waitMs must be at most ${MAX_WAIT_MS}, got ${waitMs}`);
       const result = await waiters.wait(reply, (signal) => server.get(key, { wait, signal }));
       if (result === undefined) return reply; // refused: too many waiting
