@@ -1,6 +1,11 @@
 import type { Server, ServerResponse } from "node:http";
 import type { Socket } from "node:net";
 import { performance } from "node:perf_hooks";
+import { Server as TlsServer } from "node:tls";
+import { hasCode } from "@kv/rpc";
+import type { FastifyInstance } from "fastify";
+import fp from "fastify-plugin";
+import { rawRefusal } from "./replies";
 
 /**
  * How long a connection stays open after the server has given up on it and sent its last reply:
@@ -22,7 +27,8 @@ const SWEEP_INTERVAL_MS = 250;
 const MIN_SEND_BYTES_PER_SECOND = 64 * 1024;
 
 export interface ConnectionsOptions {
-  isTls: boolean;
+  /** Open connections at most; more are closed as they arrive, unanswered (Node's `maxConnections`). */
+  maxConnections: number;
   /** How long a reply may make no progress at all before its connection is destroyed, plus the time its size needs at the least rate. */
   sendTimeoutMs: number;
 }
@@ -59,13 +65,24 @@ export class Connections {
   readonly #pendingRefusals = new WeakMap<Socket, string>();
   // connection → bytes of its replies that had left when last looked at, and since when no more have
   readonly #sending = new Map<Socket, { sentBytes: number; sinceMs: number }>();
+  readonly #maxConnections: number;
   readonly #sendTimeoutMs: number;
   readonly #sweeper: NodeJS.Timeout;
   #closing: { refusal: string; sinceMs: number } | undefined;
 
-  constructor(server: Server, { isTls, sendTimeoutMs }: ConnectionsOptions) {
+  constructor({ maxConnections, sendTimeoutMs }: ConnectionsOptions) {
+    this.#maxConnections = maxConnections;
     this.#sendTimeoutMs = sendTimeoutMs;
-    if (isTls) {
+    this.#sweeper = setInterval(() => this.#sweep(), SWEEP_INTERVAL_MS).unref();
+  }
+
+  /**
+   * Caps `server`'s connections, follows them (over TLS, from the end of their handshake), and answers in
+   * the contract's shape, in order, what Node would answer itself: a CONNECT, an `Expect`.
+   */
+  attach(server: Server): void {
+    server.maxConnections = this.#maxConnections;
+    if (server instanceof TlsServer) {
       server.on("connection", (socket: Socket) => {
         const peer = peerOf(socket);
         this.#handshaking.set(peer, socket);
@@ -78,8 +95,24 @@ export class Connections {
     } else {
       server.on("connection", (socket: Socket) => this.#track(socket));
     }
-    this.#sweeper = setInterval(() => this.#sweep(), SWEEP_INTERVAL_MS).unref();
+    server.on("connect", (_request, socket: Socket) => this.refuse(socket, rawRefusal("ErrBadRequest", "CONNECT is not supported")));
+    server.on("checkExpectation", (request, response) => {
+      const body = JSON.stringify({ err: "ErrBadRequest", message: `unsupported expectation: ${request.headers.expect}` });
+      response.writeHead(417, { "content-type": "application/json", "content-length": Buffer.byteLength(body) }).end(body);
+    });
   }
+
+  /**
+   * Fastify's `clientErrorHandler`: bytes Node's parser refuses (a bad request line, headers too
+   * large) are answered 400, a request that did not arrive within KV_HEADERS_TIMEOUT_MS /
+   * KV_REQUEST_TIMEOUT_MS 408 — in order, by {@link refuse}.
+   */
+  readonly refuseClientError = (err: Error, socket: Socket): void => {
+    const refusal = hasCode(err, "ERR_HTTP_REQUEST_TIMEOUT")
+      ? rawRefusal("ErrRequestTimeout", "the request did not arrive in time")
+      : rawRefusal("ErrBadRequest", err.message);
+    this.refuse(socket, refusal, err);
+  };
 
   /**
    * Whether a request that arrived on `socket` may be handled. Not on a connection given up on:
@@ -230,3 +263,23 @@ export class Connections {
 }
 
 const peerOf = (socket: Socket): string => `${socket.remoteAddress}|${socket.remotePort}`;
+
+/**
+ * The app's side of {@link Connections}: each request is owed a reply on its connection until
+ * its reply closes, and one that arrives on a connection given up on is dropped with it (a peer
+ * still sending there gets no more of the server's time).
+ */
+export const connectionsPlugin = fp(
+  async (app: FastifyInstance, { connections }: { connections: Connections }) => {
+    connections.attach(app.server);
+    app.addHook("onRequest", (request, reply, done) => {
+      const { socket } = request.raw;
+      if (!connections.isOpen(socket)) return void socket.destroy(); // never handled, never answered
+      connections.owe(reply.raw);
+      reply.raw.once("close", () => connections.settle(reply.raw));
+      done();
+    });
+    app.addHook("onClose", () => connections.close());
+  },
+  { name: "kv-connections" },
+);

@@ -1,4 +1,6 @@
 import type { PutIfVersionResult, Store, StoredEntry } from "@kv/server";
+import type { FastifyInstance } from "fastify";
+import fp from "fastify-plugin";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 
 type CounterSeries = ReturnType<Counter["labels"]>;
@@ -124,3 +126,25 @@ export function measureStore(store: Store, kind: string, metrics: Metrics): Stor
   if (watch !== undefined) measured.watch = (key, onChange) => watch.call(store, key, onChange);
   return measured;
 }
+
+/**
+ * Counts every request in flight, and each answered one by route, method and status with its
+ * duration — long-polls under a route of their own (`…?wait`): their minute-long waits are not
+ * latency. "close" comes once per reply, answered or abandoned (a client that left while the
+ * store worked sees neither onResponse nor onRequestAbort).
+ */
+export const requestMetricsPlugin = fp(
+  async (app: FastifyInstance, { metrics }: { metrics: Metrics }) => {
+    app.addHook("onRequest", (request, reply, done) => {
+      metrics.inFlight.inc();
+      reply.raw.once("close", () => {
+        metrics.inFlight.dec();
+        if (!reply.raw.writableFinished) return; // abandoned: no answer to count
+        const route = `${request.routeOptions.url ?? "unmatched"}${request.isLongPoll ? "?wait" : ""}`;
+        metrics.answered(route, request.method, reply.raw.statusCode, reply.elapsedTime / 1000);
+      });
+      done();
+    });
+  },
+  { name: "kv-request-metrics" },
+);

@@ -1,5 +1,5 @@
 import { monitorEventLoopDelay } from "node:perf_hooks";
-import type { FastifyReply } from "fastify";
+import type { FastifyReply, FastifyRequest, onRequestHookHandler } from "fastify";
 import type { Config } from "./config";
 import type { Metrics } from "./metrics";
 import { refuse } from "./replies";
@@ -15,6 +15,7 @@ const MONITOR_RESOLUTION_MS = 10;
  * clerk may retry them without ambiguity — while the event loop lags past
  * `maxEventLoopDelayMs` (the mean delay over the last 250 ms, from Node's own monitor: the
  * measuring happens off the request path), and past `maxInFlight` `/v1` requests at once.
+ * Registered in the `/v1` scope ({@link loadShedding}), as auth is; `/readyz` asks {@link isLagging}.
  */
 export class LoadShedder {
   readonly #config: Config;
@@ -37,37 +38,34 @@ export class LoadShedder {
     }, SAMPLE_INTERVAL_MS).unref();
   }
 
+  /** Whether the event loop lags past `maxEventLoopDelayMs` now. */
+  isLagging(): boolean {
+    return this.#lagMs > this.#config.maxEventLoopDelayMs;
+  }
+
   /**
-   * Whether a request may go on: refuses it (503) and answers false when the event loop lags
-   * (for `/v1` and `/readyz`) or when `/v1` is full. A `/v1` request let in — any but a
-   * long-poll read — must be let out with {@link leave}; {@link counts} tells which.
+   * Whether a `/v1` request may go on: refuses it (503) and answers false while the event loop
+   * lags, or — any but a long-poll read, which waits without working (Waiters caps those) —
+   * when `/v1` is full. One let in and counted is counted out when its reply closes.
    */
-  enter(method: string, url: string, reply: FastifyReply): boolean {
-    const isV1 = url.startsWith("/v1/");
-    if (this.#lagMs > this.#config.maxEventLoopDelayMs && (isV1 || url === "/readyz")) {
-      this.#shed(reply, "event_loop_delay", `overloaded: the event loop lags ${Math.round(this.#lagMs)} ms`);
+  enter(request: FastifyRequest, reply: FastifyReply): boolean {
+    if (this.isLagging()) {
+      this.refuseLagging(reply);
       return false;
     }
-    // A long-poll read waits without working: Waiters caps those.
-    if (!this.counts(method, url)) return true;
+    if (request.isLongPoll) return true;
     if (this.#inFlight >= this.#config.maxInFlight) {
       this.#shed(reply, "in_flight", `overloaded: ${this.#inFlight} requests in flight`);
       return false;
     }
     this.#inFlight++;
+    reply.raw.once("close", () => this.#inFlight--);
     return true;
   }
 
-  /** Whether `enter` counted a request to `url` in (and `leave` must count it out). */
-  counts(method: string, url: string): boolean {
-    if (!url.startsWith("/v1/")) return false;
-    const query = url.indexOf("?");
-    return !(method === "GET" && query !== -1 && new URLSearchParams(url.slice(query + 1)).has("waitMs"));
-  }
-
-  /** A `/v1` request let in by {@link enter} is done: answered, or abandoned. */
-  leave(): void {
-    this.#inFlight--;
+  /** Refuses `reply` 503: the event loop lags. */
+  refuseLagging(reply: FastifyReply): void {
+    this.#shed(reply, "event_loop_delay", `overloaded: the event loop lags ${Math.round(this.#lagMs)} ms`);
   }
 
   /** Stops measuring. */
@@ -80,4 +78,24 @@ export class LoadShedder {
     this.#metrics.overloadRejections.inc({ reason });
     refuse(reply.header("retry-after", String(RETRY_AFTER_SECONDS)), "ErrUnavailable", message);
   }
+}
+
+declare module "fastify" {
+  interface FastifyRequest {
+    /** A `/v1` read that waits (`?waitVersion&waitMs`): decided once, by {@link loadShedding}, from the parsed query. */
+    isLongPoll: boolean;
+  }
+}
+
+/**
+ * The `/v1` scope's first hook: tells long-poll reads from the rest, from the parsed query, and
+ * sheds load before the token is checked or the store touched.
+ */
+export function loadShedding(shedder: LoadShedder): onRequestHookHandler {
+  return (request, reply, done) => {
+    const query = request.query as { waitVersion?: unknown; waitMs?: unknown };
+    request.isLongPoll = request.method === "GET" && (query.waitVersion !== undefined || query.waitMs !== undefined);
+    shedder.enter(request, reply);
+    done();
+  };
 }

@@ -1,6 +1,14 @@
+import { STATUS_CODES } from "node:http";
 import { type ReplyErr, statusByErr } from "@kv/rpc";
 import type { FastifyReply } from "fastify";
 
 /** Sends a refusal in the contract's shape: the status that goes with `err`, and what was wrong. */
 export const refuse = (reply: FastifyReply, err: Exclude<ReplyErr, "OK">, message?: string): FastifyReply =>
   reply.code(statusByErr[err]).send(message === undefined ? { err } : { err, message });
+
+/** A whole HTTP/1.1 refusal in the contract's shape, for a socket Fastify never saw a request on; it closes the connection. */
+export function rawRefusal(err: Exclude<ReplyErr, "OK">, message: string): string {
+  const status = statusByErr[err];
+  const body = JSON.stringify({ err, message });
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+}

@@ -2,12 +2,15 @@ import { randomUUID } from "node:crypto";
 import { channel } from "node:diagnostics_channel";
 import {
   AbortError,
+  checkKey,
+  checkValue,
+  checkVersion,
+  checkWait,
   type Clock,
   type GetResult,
   hasCode,
   InvalidArgumentError,
   KvError,
-  MAX_WAIT_MS,
   type PutResult,
   type Transport,
   type TransportCallOptions,
@@ -90,18 +93,13 @@ export class Clerk {
     checkKey(key);
     const { waitVersion, waitMs } = options;
     if (waitVersion === undefined && waitMs === undefined) return this.#retry(options.signal, (call) => this.#transport.get(key, call));
-    if (!Number.isSafeInteger(waitVersion) || (waitVersion as number) < 0) {
-      throw new InvalidArgumentError(`waitVersion must be a safe integer ≥ 0 (with waitMs), got ${String(waitVersion)}`);
-    }
-    if (!Number.isSafeInteger(waitMs) || (waitMs as number) < 0 || (waitMs as number) > MAX_WAIT_MS) {
-      throw new InvalidArgumentError(`waitMs must be an integer from 0 to ${MAX_WAIT_MS} (with waitVersion), got ${String(waitMs)}`);
-    }
+    const wait = checkWait(waitVersion, waitMs);
     // One wait however many tries it takes: a retry waits only for what is left of it, and
     // each try's deadline makes room for the wait.
-    const deadline = this.#clock.now() + (waitMs as number);
+    const deadline = this.#clock.now() + wait.ms;
     return this.#retry(options.signal, (call) => {
       const ms = Math.max(0, Math.ceil(deadline - this.#clock.now()));
-      return this.#transport.get(key, { ...call, timeoutMs: (call.timeoutMs ?? 0) + ms, wait: { version: waitVersion as number, ms } });
+      return this.#transport.get(key, { ...call, timeoutMs: (call.timeoutMs ?? 0) + ms, wait: { version: wait.version, ms } });
     });
   }
 
@@ -113,12 +111,8 @@ export class Clerk {
    */
   async put(key: string, value: string, version: number, options: CallOptions = {}): Promise<PutResult> {
     checkKey(key);
-    if (typeof value !== "string" || !value.isWellFormed()) {
-      throw new InvalidArgumentError("value must be a string of well-formed Unicode");
-    }
-    if (!Number.isSafeInteger(version) || version < 0) {
-      throw new InvalidArgumentError(`version must be a safe integer ≥ 0, got ${String(version)}`);
-    }
+    checkValue(value);
+    checkVersion(version);
     const request = { key, value, version, id: randomUUID() };
     let isAmbiguous = false;
     const result = await this.#retry(
@@ -223,12 +217,6 @@ export function createClerk(options: ClerkOptions): Clerk {
   if (options.attemptTimeoutMs !== undefined) retry.attemptTimeoutMs = options.attemptTimeoutMs;
   if (options.backoff !== undefined) retry.backoff = options.backoff;
   return new Clerk(transport, retry);
-}
-
-function checkKey(key: string): void {
-  if (typeof key !== "string" || key === "" || !key.isWellFormed()) {
-    throw new InvalidArgumentError(`key must be a non-empty string of well-formed Unicode, got ${JSON.stringify(key)}`);
-  }
 }
 
 function positive(name: string, n: number): number {

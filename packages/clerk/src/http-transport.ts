@@ -5,6 +5,7 @@ import {
   NetworkError,
   type PutRequest,
   type PutResult,
+  statusByErr,
   type Transport,
   type TransportCallOptions,
   UnavailableError,
@@ -33,6 +34,8 @@ interface Reply {
 const CONNECTIONS_PER_ENDPOINT = 128;
 // undici's codes for requests it will never send as given.
 const PROGRAMMING_ERRORS = new Set(["UND_ERR_INVALID_ARG", "UND_ERR_INVALID_RETURN_VALUE", "UND_ERR_NOT_SUPPORTED"]);
+// A proxy in front may rate-limit; kv itself never answers 429. Not applied, like a 503.
+const TOO_MANY_REQUESTS = 429;
 // A try with no deadline of its own; the clerk always gives one.
 const DEFAULT_TIMEOUT_MS = 30_000;
 
@@ -62,10 +65,10 @@ export class HttpTransport implements Transport {
     const query = options?.wait === undefined ? "" : `?waitVersion=${options.wait.version}&waitMs=${options.wait.ms}`;
     const reply = await this.#send("GET", key, undefined, options, query);
     const { body } = reply;
-    if (reply.status === 200 && body.err === "OK" && typeof body.value === "string" && typeof body.version === "number") {
+    if (says(reply, "OK") && typeof body.value === "string" && typeof body.version === "number") {
       return { err: "OK", value: body.value, version: body.version };
     }
-    if (reply.status === 404 && body.err === "ErrNoKey") return { err: "ErrNoKey" };
+    if (says(reply, "ErrNoKey")) return { err: "ErrNoKey" };
     throw refusal(reply);
   }
 
@@ -73,9 +76,9 @@ export class HttpTransport implements Transport {
     const { key, value, version, id } = request;
     const reply = await this.#send("PUT", key, JSON.stringify({ value, version, id }), options);
     const { body } = reply;
-    if (reply.status === 200 && body.err === "OK" && typeof body.version === "number") return { err: "OK", version: body.version };
-    if (reply.status === 404 && body.err === "ErrNoKey") return { err: "ErrNoKey" };
-    if (reply.status === 409 && body.err === "ErrVersion") return { err: "ErrVersion" };
+    if (says(reply, "OK") && typeof body.version === "number") return { err: "OK", version: body.version };
+    if (says(reply, "ErrNoKey")) return { err: "ErrNoKey" };
+    if (says(reply, "ErrVersion")) return { err: "ErrVersion" };
     throw refusal(reply);
   }
 
@@ -111,7 +114,7 @@ export class HttpTransport implements Transport {
       const text = await res.body.text(); // always consumed, so the socket goes back to the pool
       const retryAfter = res.headers["retry-after"];
       // A server refusing work (overloaded, shutting down): the next try goes to the next one.
-      if (res.statusCode === 503 || res.statusCode === 429) this.#current = (i + 1) % this.#pools.length;
+      if (res.statusCode === statusByErr.ErrUnavailable || res.statusCode === TOO_MANY_REQUESTS) this.#current = (i + 1) % this.#pools.length;
       return {
         status: res.statusCode,
         body: parseBody(text),
@@ -145,19 +148,22 @@ function parseRetryAfter(header: string): number | undefined {
   return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
 }
 
+/** Whether `reply` is the expected outcome `err`, with the status that goes with it. */
+const says = (reply: Reply, err: "OK" | "ErrNoKey" | "ErrVersion"): boolean => reply.status === statusByErr[err] && reply.body.err === err;
+
 /** Everything but an expected outcome, as the error the clerk acts on. */
 function refusal({ status, body, retryAfterMs }: Reply): Error {
   const said = typeof body.message === "string" ? `: ${body.message}` : "";
   switch (status) {
-    case 400:
+    case statusByErr.ErrBadRequest:
       return new KvError("ERR_KV_BAD_REQUEST", `the server refused the request${said}`);
-    case 401:
+    case statusByErr.ErrUnauthorized:
       return new KvError("ERR_KV_UNAUTHORIZED", `the server wants a valid bearer token${said}`);
-    case 413:
+    case statusByErr.ErrTooLarge:
       return new KvError("ERR_KV_TOO_LARGE", `the value is over the server's limit${said}`);
-    case 408: // the request did not reach the server in time: nothing was applied
-    case 429:
-    case 503:
+    case statusByErr.ErrRequestTimeout: // the request did not reach the server in time: nothing was applied
+    case TOO_MANY_REQUESTS:
+    case statusByErr.ErrUnavailable:
       return new UnavailableError(`the server did not apply the request (${status})${said}`, retryAfterMs);
   }
   // 504 ErrMaybe (the store could not confirm) and any other 5xx: applied or not, nobody knows.

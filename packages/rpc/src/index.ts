@@ -13,3 +13,4 @@ export {
 } from "./schemas";
 export { KV_ROUTE, KV_PREFIX, kvPath, statusByErr, type ReplyErr } from "./http";
 export type { Transport, PutRequest, TransportCallOptions, WaitOptions } from "./transport";
+export { checkKey, checkValue, checkVersion, checkPutId, checkWait } from "./arguments";

@@ -1,4 +1,4 @@
-import { type GetResult, InvalidArgumentError, MAX_PUT_ID_LENGTH, MAX_VERSION, MAX_WAIT_MS, type WaitOptions } from "@kv/rpc";
+import { checkKey, checkPutId, checkValue, checkVersion, checkWait, type GetResult, MAX_VERSION, type WaitOptions } from "@kv/rpc";
 import type { Store } from "./store";
 
 // A store that cannot say when a key changes is read again this often while someone waits.
@@ -27,13 +27,10 @@ export class KVServer {
    * Rejects `InvalidArgumentError` for a key that is not a non-empty string, or a bad wait.
    */
   async get(key: string, options: { wait?: WaitOptions | undefined; signal?: AbortSignal | undefined } = {}): Promise<GetResult> {
-    assertKey(key);
+    checkKey(key);
     const { wait, signal } = options;
     if (wait === undefined) return this.#read(key);
-    if (!Number.isSafeInteger(wait.version) || wait.version < 0)
-      throw new InvalidArgumentError(`waitVersion must be a safe integer ≥ 0, got ${String(wait.version)}`);
-    if (!Number.isSafeInteger(wait.ms) || wait.ms < 0 || wait.ms > MAX_WAIT_MS)
-      throw new InvalidArgumentError(`waitMs must be an integer from 0 to ${MAX_WAIT_MS}, got ${String(wait.ms)}`);
+    checkWait(wait.version, wait.ms);
     return this.#waitForChange(key, wait, signal);
   }
 
@@ -99,21 +96,10 @@ export class KVServer {
    * well-formed Unicode).
    */
   async put(key: string, value: string, version: number, id?: string): Promise<ServerPutResult> {
-    assertKey(key);
-    if (typeof value !== "string") throw new InvalidArgumentError(`value must be a string, got ${typeof value}`);
-    // A lone surrogate has no UTF-8 form: a store could not give it back as it came.
-    if (!value.isWellFormed()) throw new InvalidArgumentError("value must be well-formed Unicode");
-    if (!Number.isSafeInteger(version) || version < 0) {
-      throw new InvalidArgumentError(`version must be a safe integer ≥ 0, got ${String(version)}`);
-    }
-    // Characters are code points, as JSON Schema counts them for the HTTP route.
-    if (
-      id !== undefined &&
-      (typeof id !== "string" || id === "" || (id.length > MAX_PUT_ID_LENGTH && [...id].length > MAX_PUT_ID_LENGTH))
-    ) {
-      throw new InvalidArgumentError(`id must be a string of 1–${MAX_PUT_ID_LENGTH} characters`);
-    }
-    if (id !== undefined && !id.isWellFormed()) throw new InvalidArgumentError("id must be well-formed Unicode");
+    checkKey(key);
+    checkValue(value);
+    checkVersion(version);
+    if (id !== undefined) checkPutId(id);
     if (version === MAX_VERSION) {
       // A key at the largest version is full: the next version would not be a safe integer.
       return (await this.#store.get(key)) === undefined ? { err: "ErrNoKey" } : { err: "ErrVersion" };
@@ -126,11 +112,5 @@ export class KVServer {
       return { err: "OK", version: current.version };
     }
     return { err: "ErrVersion" };
-  }
-}
-
-function assertKey(key: string): void {
-  if (typeof key !== "string" || key.length === 0 || !key.isWellFormed()) {
-    throw new InvalidArgumentError(`key must be a non-empty string of well-formed Unicode, got ${JSON.stringify(key)}`);
   }
 }

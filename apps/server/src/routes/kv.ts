@@ -1,11 +1,12 @@
 import {
+  checkKey,
+  checkValue,
+  checkWait,
   ErrorReply,
   GetOkReply,
   GetQuery,
   KeyParams,
   KV_ROUTE,
-  MAX_VERSION,
-  MAX_WAIT_MS,
   NoKeyReply,
   PutBody,
   PutOkReply,
@@ -17,6 +18,7 @@ import type { FastifyInstance, FastifyReply } from "fastify";
 import type { Config } from "../config";
 import { bearerTokenCheck } from "../auth";
 import type { Metrics } from "../metrics";
+import { type LoadShedder, loadShedding } from "../overload";
 import type { Waiters } from "../waiters";
 import { refuse } from "../replies";
 
@@ -25,6 +27,7 @@ export interface KvRoutesOptions {
   config: Config;
   metrics: Metrics;
   waiters: Waiters;
+  shedder: LoadShedder;
 }
 
 type KeyRequest = { Params: { key: string }; Querystring: GetQuery };
@@ -32,25 +35,12 @@ type KeyRequest = { Params: { key: string }; Querystring: GetQuery };
 const route = KV_ROUTE.replace(/^\/v1/, "");
 
 /**
- * `/v1/kv/:key` GET and PUT (contract §4), behind the bearer token when one is configured
- * (load shedding, in the app's onRequest hook, comes first).
+ * `/v1/kv/:key` GET and PUT (contract §4): load shedding first, then the bearer token when one
+ * is configured.
  */
-export async function kvRoutes(app: FastifyInstance, { server, config, metrics, waiters }: KvRoutesOptions): Promise<void> {
+export async function kvRoutes(app: FastifyInstance, { server, config, metrics, waiters, shedder }: KvRoutesOptions): Promise<void> {
+  app.addHook("onRequest", loadShedding(shedder));
   if (config.authToken !== undefined) app.addHook("onRequest", bearerTokenCheck(config.authToken));
-
-  /** The decoded key, or undefined after refusing the request. */
-  const checkKey = (key: string, reply: FastifyReply): string | undefined => {
-    if (key === "") {
-      refuse(reply, "ErrBadRequest", "key must not be empty");
-      return undefined;
-    }
-    const bytes = Buffer.byteLength(key);
-    if (bytes > config.maxKeyBytes) {
-      refuse(reply, "ErrBadRequest", `key must be at most ${config.maxKeyBytes} UTF-8 bytes, got ${bytes}`);
-      return undefined;
-    }
-    return key;
-  };
 
   app.get<KeyRequest>(
     route,
@@ -63,18 +53,17 @@ export async function kvRoutes(app: FastifyInstance, { server, config, metrics, 
       },
     },
     async (request, reply) => {
-      const key = checkKey(request.params.key, reply);
-      if (key === undefined) return reply;
-      const { waitVersion, waitMs } = request.query;
-      if (waitVersion === undefined && waitMs === undefined) {
+      const { key } = request.params;
+      checkKey(key, config.maxKeyBytes);
+      if (!request.isLongPoll) {
         const result = await server.get(key);
         return reply.code(statusByErr[result.err]).send(result);
       }
-      if (waitVersion === undefined || waitMs === undefined) return refuse(reply, "ErrBadRequest", "waitVersion and waitMs go together");
-      const wait = { version: Number(waitVersion), ms: Number(waitMs) };
-      if (wait.version > MAX_VERSION)
-        return refuse(reply, "ErrBadRequest", `waitVersion must be at most ${MAX_VERSION}, got ${waitVersion}`);
-      if (wait.ms > MAX_WAIT_MS) return refuse(reply, "ErrBadRequest", `waitMs must be at most ${MAX_WAIT_MS}, got ${waitMs}`);
+      const { waitVersion, waitMs } = request.query;
+      const wait = checkWait(
+        waitVersion === undefined ? undefined : Number(waitVersion),
+        waitMs === undefined ? undefined : Number(waitMs),
+      );
       const result = await waiters.wait(reply, (signal) => server.get(key, { wait, signal }));
       if (result === undefined) return reply; // refused: too many waiting
       return reply.code(statusByErr[result.err]).send(result);
@@ -93,16 +82,10 @@ export async function kvRoutes(app: FastifyInstance, { server, config, metrics, 
       },
     },
     async (request, reply) => {
-      const key = checkKey(request.params.key, reply);
-      if (key === undefined) return reply;
+      const { key } = request.params;
+      checkKey(key, config.maxKeyBytes);
       const { value, version, id } = request.body;
-      const valueBytes = Buffer.byteLength(value);
-      if (valueBytes > config.maxValueBytes) {
-        return refuse(reply, "ErrTooLarge", `value must be at most ${config.maxValueBytes} UTF-8 bytes, got ${valueBytes}`);
-      }
-      // A lone surrogate has no UTF-8 form: it could not be stored and read back as sent.
-      if (!value.isWellFormed()) return refuse(reply, "ErrBadRequest", "body value must be well-formed Unicode");
-      if (id !== undefined && !id.isWellFormed()) return refuse(reply, "ErrBadRequest", "body id must be well-formed Unicode");
+      checkValue(value, config.maxValueBytes);
       const result = await server.put(key, value, version, id);
       if (result.err === "ErrVersion") metrics.putConflicts.inc();
       return reply.code(statusByErr[result.err]).send(result);
