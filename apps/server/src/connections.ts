@@ -276,7 +276,7 @@ export const connectionsPlugin = fp(
       const { socket } = request.raw;
       if (!connections.isOpen(socket)) return void socket.destroy(); // never handled, never answered
       connections.owe(reply.raw);
-      reply.raw.once("close", () => connections.settle(reply.raw));
+      reply.raw.on("close", () => connections.settle(reply.raw));
       done();
     });
     app.addHook("onClose", () => connections.close());

@@ -137,7 +137,7 @@ export const requestMetricsPlugin = fp(
   async (app: FastifyInstance, { metrics }: { metrics: Metrics }) => {
     app.addHook("onRequest", (request, reply, done) => {
       metrics.inFlight.inc();
-      reply.raw.once("close", () => {
+      reply.raw.on("close", () => {
         metrics.inFlight.dec();
         if (!reply.raw.writableFinished) return; // abandoned: no answer to count
         const route = `${request.routeOptions.url ?? "unmatched"}${request.isLongPoll ? "?wait" : ""}`;

@@ -59,7 +59,7 @@ export class LoadShedder {
       return false;
     }
     this.#inFlight++;
-    reply.raw.once("close", () => this.#inFlight--);
+    reply.raw.on("close", () => this.#inFlight--);
     return true;
   }
 

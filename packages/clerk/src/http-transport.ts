@@ -114,7 +114,8 @@ export class HttpTransport implements Transport {
       const text = await res.body.text(); // always consumed, so the socket goes back to the pool
       const retryAfter = res.headers["retry-after"];
       // A server refusing work (overloaded, shutting down): the next try goes to the next one.
-      if (res.statusCode === statusByErr.ErrUnavailable || res.statusCode === TOO_MANY_REQUESTS) this.#current = (i + 1) % this.#pools.length;
+      if (res.statusCode === statusByErr.ErrUnavailable || res.statusCode === TOO_MANY_REQUESTS)
+        this.#current = (i + 1) % this.#pools.length;
       return {
         status: res.statusCode,
         body: parseBody(text),
