@@ -7,6 +7,9 @@ export const systemClock: Clock = {
   sleep: (ms, signal) => sleep(ms, undefined, signal === undefined ? undefined : { signal }),
 };
 
-/** Full jitter: clients that failed together do not retry together. */
+/**
+ * The wait before retry `attempt` (from 0): uniform in [0, min(maxMs, baseMs·2^attempt)). Full
+ * jitter: clients that failed together do not retry together.
+ */
 export const backoffMs = (attempt: number, baseMs: number, maxMs: number, random = Math.random): number =>
   random() * Math.min(maxMs, baseMs * 2 ** attempt);

@@ -1,6 +1,6 @@
 export { Clerk, createClerk, type ClerkOptions, type RetryOptions, type CallOptions, type GetOptions } from "./clerk";
 export { HttpTransport, type HttpTransportOptions } from "./http-transport";
-export { systemClock } from "./backoff";
+export { systemClock, backoffMs } from "./backoff";
 // So that @kv/clerk alone is enough for a user.
 export {
   Err,

@@ -1,1 +1,2 @@
-export { Lock, createLock, LockNotHeldError, LeaseLostError, UNLOCKED, type Hold, type LockOptions } from "./lock";
+export { Lock, createLock, LockNotHeldError, UNLOCKED, type Hold, type LockOptions } from "./lock";
+export { LeaseLostError } from "./lease";

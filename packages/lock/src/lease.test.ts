@@ -1,8 +1,8 @@
-import { Clerk } from "@kv/clerk";
+import { Clerk, KvError, type Transport } from "@kv/clerk";
 import { KVServer, MemoryStore } from "@kv/server";
 import { SimNetwork, type SimNetworkOptions, type SimServer, testSeed } from "@kv/testkit";
 import { describe, expect, it } from "vitest";
-import { createLock, type Hold, type Lock } from "./lock";
+import { createLock, type Hold, type Lock, UNLOCKED } from "./lock";
 
 const TTL_MS = 1_000;
 
@@ -216,6 +216,28 @@ describe("Lock with a lease (ttlMs) over the simulated network", () => {
     expect(net.stats.requests - before).toBeLessThan(50); // about one read a second, not one every few ms
     ac.abort();
     expect(await waiting).toMatchObject({ name: "AbortError" });
+  });
+
+  it("goes on renewing a hold whose release failed permanently", async () => {
+    const kv = new KVServer(new MemoryStore());
+    const net = new SimNetwork(kv, { seed: 8 });
+    const inner = net.transport(0);
+    const refusesUnlocking: Transport = {
+      get: (key, options) => inner.get(key, options),
+      put: (request, options) =>
+        request.value === UNLOCKED && request.version > 0
+          ? Promise.reject(new KvError("ERR_KV_UNAUTHORIZED", "token revoked"))
+          : inner.put(request, options),
+      close: () => inner.close(),
+    };
+    const lock = createLock(new Clerk(refusesUnlocking, { clock: net }), "lock", { clock: net, ttlMs: TTL_MS });
+    const hold = await lock.acquire();
+    await expect(lock.release()).rejects.toMatchObject({ code: "ERR_KV_UNAUTHORIZED" });
+    await net.sleep(5 * TTL_MS);
+    expect(hold.signal.aborted).toBe(false);
+    const seen = await kv.get("lock");
+    expect(seen).toMatchObject({ value: lock.id });
+    expect((seen as { version: number }).version).toBeGreaterThanOrEqual(hold.token + 12); // ~3 renewals per ttlMs
   });
 
   it("rejects a ttlMs that is not an integer of at least 3 with InvalidArgumentError", () => {

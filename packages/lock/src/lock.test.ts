@@ -1,4 +1,4 @@
-import { Clerk, type PutResult } from "@kv/clerk";
+import { Clerk, KvError, type PutResult, type Transport } from "@kv/clerk";
 import { KVServer, MemoryStore } from "@kv/server";
 import { SimNetwork, type SimNetworkOptions, type SimServer, testSeed } from "@kv/testkit";
 import { describe, expect, it } from "vitest";
@@ -250,5 +250,47 @@ describe("Lock when a reply is lost (ErrMaybe)", () => {
     const { kv, a } = scripted();
     await expect(a.release()).rejects.toMatchObject({ code: "ERR_LOCK_NOT_HELD" });
     expect(await kv.get("lock")).toEqual({ err: "ErrNoKey" });
+  });
+});
+
+describe("Lock when its key is lost or its clerk fails", () => {
+  it("creates the key again and acquires when its put meets ErrNoKey (the key gone since it was read)", async () => {
+    let kv = new KVServer(new MemoryStore());
+    const server: SimServer = {
+      get: (key) => kv.get(key),
+      put(key, value, version, id) {
+        if (value === lock.id && version > 0 && kv === first) kv = new KVServer(new MemoryStore()); // the store lost the key
+        return kv.put(key, value, version, id);
+      },
+    };
+    const first = kv;
+    const net = new SimNetwork(server, { seed: 11 });
+    const lock = createLock(new Clerk(net.transport(0), { clock: net }), "lock", { clock: net });
+    const hold = await lock.acquire();
+    expect(kv).not.toBe(first);
+    expect(await kv.get("lock")).toEqual({ err: "OK", value: lock.id, version: hold.token });
+  });
+
+  it("keeps a hold without a lease, and writes nothing more, when release fails permanently", async () => {
+    const kv = new KVServer(new MemoryStore());
+    const net = new SimNetwork(kv, { seed: 12 });
+    const inner = net.transport(0);
+    let isRefusing = false;
+    const transport: Transport = {
+      get: (key, options) => inner.get(key, options),
+      put: (request, options) =>
+        isRefusing ? Promise.reject(new KvError("ERR_KV_UNAUTHORIZED", "token revoked")) : inner.put(request, options),
+      close: () => inner.close(),
+    };
+    const lock = createLock(new Clerk(transport, { clock: net }), "lock", { clock: net });
+    const hold = await lock.acquire();
+    isRefusing = true;
+    await expect(lock.release()).rejects.toMatchObject({ code: "ERR_KV_UNAUTHORIZED" });
+    await net.sleep(10_000);
+    expect(hold.signal.aborted).toBe(false);
+    expect(await kv.get("lock")).toEqual({ err: "OK", value: lock.id, version: hold.token });
+    isRefusing = false;
+    await lock.release();
+    expect(hold.signal.aborted).toBe(true);
   });
 });

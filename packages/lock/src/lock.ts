@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
-import { AbortError, type Clerk, type Clock, type GetResult, InvalidArgumentError, systemClock } from "@kv/clerk";
+import { AbortError, backoffMs, type Clerk, type Clock, type GetResult, InvalidArgumentError, systemClock } from "@kv/clerk";
+import { Lease, LeaseLostError, TakeoverTimer, withLease } from "./lease";
 
 /** The value of a lock key nobody holds. */
 export const UNLOCKED = "__unlocked";
@@ -33,32 +34,25 @@ export class LockNotHeldError extends Error {
   override name = "LockNotHeldError";
 }
 
-/** A hold's signal's reason when its lease ended: not renewed in time, or taken over. */
-export class LeaseLostError extends Error {
-  readonly code = "ERR_LOCK_LEASE_LOST";
-  override name = "LeaseLostError";
-}
-
 // A waiter's long-poll is this long at most: a wake-up lost on the network costs no more.
 const MAX_WAIT_MS = 10_000;
 // Waiting when the server answers a long-poll early: full jitter, from a few ms to a second.
 const BACKOFF_BASE_MS = 5;
 const BACKOFF_MAX_MS = 1_000;
-// A holder gives its lease up at 90 % of ttlMs on its own clock: safe while no waiter's clock
-// runs more than 10 % faster than the holder's (see the README's argument).
-const LEASE_SHARE = 0.9;
 
 interface HoldState {
   readonly token: number;
   /** The key's version as this holder last wrote it. */
   version: number;
-  /** On the holder's clock: the lease is not proven past this. */
-  expiresAt: number;
   readonly ended: AbortController;
-  renewing: AbortController;
+  /** With `ttlMs`: renews the hold, and ends it when not renewed in time. */
+  lease: Lease | undefined;
 }
 
 type Seen = Extract<GetResult, { err: "OK" }>;
+
+/** What one try to acquire came to: a hold, or the key as it now stands. */
+type TryOutcome = { hold: Hold } | { seen: Seen };
 
 /**
  * A lock on one kv key (contract §3), by test-and-set: the key holds `__unlocked` or the
@@ -87,7 +81,7 @@ export class Lock {
     this.#key = key;
     this.#clock = options.clock ?? systemClock;
     this.#ttlMs = ttlMs;
-    this.id = ttlMs === undefined ? randomUUID() : `${randomUUID()};ttl=${ttlMs}`;
+    this.id = ttlMs === undefined ? randomUUID() : withLease(randomUUID(), ttlMs);
   }
 
   /**
@@ -98,48 +92,31 @@ export class Lock {
    */
   async acquire(options: { signal?: AbortSignal } = {}): Promise<Hold> {
     const { signal } = options;
-    const call = signal === undefined ? {} : { signal };
     if (this.#hold !== undefined) return holdOf(this.#hold);
-    let seen = await this.#read(signal);
-    // Since when (on this clock) the key has been at this version under another holder.
-    let unchanged: { version: number; since: number } | undefined;
+    const takeover = new TakeoverTimer(this.#clock);
     let earlyAnswers = 0;
+    let seen = await this.#read(signal);
     while (true) {
       if (this.#hold !== undefined) return holdOf(this.#hold);
       if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
-      if (seen.value !== this.id && seen.value !== UNLOCKED) {
-        if (unchanged?.version !== seen.version) unchanged = { version: seen.version, since: this.#clock.now() };
-        const heldFor = this.#clock.now() - unchanged.since;
-        const ttlMs = leaseOf(seen.value);
-        if (ttlMs === undefined || heldFor <= ttlMs) {
-          const waitMs = ttlMs === undefined ? MAX_WAIT_MS : Math.min(MAX_WAIT_MS, Math.ceil(ttlMs - heldFor) + 1);
-          const askedAt = this.#clock.now();
-          const next = await this.#read(signal, { waitVersion: seen.version, waitMs });
-          // Unchanged before the wait was over: a server that does not wait (or is shutting
-          // down). Back off rather than ask again at once.
-          if (next.version === seen.version && this.#clock.now() - askedAt < waitMs) await this.#backOff(earlyAnswers++, signal);
-          else earlyAnswers = 0;
-          seen = next;
-          continue;
-        }
-        // Held, and its lease not renewed for its ttlMs: its holder's signal has aborted. Take it over.
+      const isHeldByAnother = seen.value !== this.id && seen.value !== UNLOCKED;
+      // Free, ours, or held on a lease that went unrenewed for its ttlMs (its holder's signal
+      // has aborted): try to take it.
+      const msLeft = isHeldByAnother ? takeover.msLeft(seen) : -1;
+      if (msLeft < 0) {
+        const outcome = await this.#tryAcquire(seen, takeover, signal);
+        if ("hold" in outcome) return outcome.hold;
+        seen = outcome.seen;
+      } else {
+        const waitMs = Math.min(MAX_WAIT_MS, Math.ceil(msLeft) + 1);
+        const askedAt = this.#clock.now();
+        const next = await this.#read(signal, { waitVersion: seen.version, waitMs });
+        // Unchanged before the wait was over: a server that does not wait (or is shutting
+        // down). Back off rather than ask again at once.
+        if (next.version === seen.version && this.#clock.now() - askedAt < waitMs) await this.#backOff(earlyAnswers++, signal);
+        else earlyAnswers = 0;
+        seen = next;
       }
-      if (seen.value === this.id && this.#ttlMs === undefined) return this.#begin(seen.version, 0);
-      // Free, expired, or ours from a try whose reply was lost: a lease starts only at a put
-      // of ours that answered OK — nobody saw the key at that version before the put began.
-      const startedAt = this.#clock.now();
-      const r = await this.#clerk.put(this.#key, this.id, seen.version, call);
-      if (r.err === "OK") return this.#begin(r.version, startedAt);
-      if (r.err === "ErrVersion") {
-        // Someone moved first — most often another waiter, to the next version. Wait on that
-        // version at once instead of reading first: one request fewer per loser per handoff.
-        // It was there before this answer came, so a lease may be counted from now.
-        const next = seen.version + 1;
-        unchanged = { version: next, since: this.#clock.now() };
-        seen = await this.#read(signal, { waitVersion: next, waitMs: Math.min(MAX_WAIT_MS, (this.#ttlMs ?? MAX_WAIT_MS) + 1) });
-        continue;
-      }
-      seen = await this.#read(signal); // ErrMaybe: ours may have landed; look
     }
   }
 
@@ -153,7 +130,7 @@ export class Lock {
    */
   async release(): Promise<void> {
     const hold = this.#hold;
-    hold?.renewing.abort(); // a renewal in flight may still land: the loop below sees it
+    hold?.lease?.pause(); // a renewal in flight may still land: the loop below sees it
     let isOurs = hold !== undefined;
     try {
       // The holder knows the version it wrote last: one put, no read, unless it moved on.
@@ -173,15 +150,44 @@ export class Lock {
         // ErrVersion, ErrMaybe: read again to learn where the key stands.
       }
     } catch (err) {
-      if (hold !== undefined && this.#hold === hold) this.#keepRenewing(hold);
+      if (hold !== undefined && this.#hold === hold) hold.lease?.resume();
       throw err;
     }
     if (hold !== undefined) this.#end(hold, new LockNotHeldError("the hold ended"));
   }
 
+  /**
+   * One conditional put of this Lock's id at the version `seen`. A lease starts only at a put
+   * of ours that answered OK: nobody saw the key at that version before the put was sent.
+   */
+  async #tryAcquire(seen: Seen, takeover: TakeoverTimer, signal: AbortSignal | undefined): Promise<TryOutcome> {
+    // Ours from a try whose reply was lost; without a lease there is nothing to start.
+    if (seen.value === this.id && this.#ttlMs === undefined) return { hold: this.#begin(seen.version, 0) };
+    const startedAt = this.#clock.now();
+    const r = await this.#clerk.put(this.#key, this.id, seen.version, signal === undefined ? {} : { signal });
+    switch (r.err) {
+      case "OK":
+        return { hold: this.#begin(r.version, startedAt) };
+      case "ErrVersion": {
+        // Someone moved first — most often another waiter, to the next version. Wait on that
+        // version at once instead of reading first: one request fewer per loser per handoff.
+        // It was there before this answer came, so a lease may be counted from now.
+        const next = seen.version + 1;
+        takeover.restart(next);
+        const waitMs = Math.min(MAX_WAIT_MS, (this.#ttlMs ?? MAX_WAIT_MS) + 1);
+        return { seen: await this.#read(signal, { waitVersion: next, waitMs }) };
+      }
+      case "ErrNoKey": // deleted since it was read: #read creates it again
+      case "ErrMaybe": // ours may have landed: look
+        return { seen: await this.#read(signal) };
+      default:
+        return r satisfies never;
+    }
+  }
+
   async #backOff(attempt: number, signal: AbortSignal | undefined): Promise<void> {
     try {
-      await this.#clock.sleep(Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt), signal);
+      await this.#clock.sleep(backoffMs(attempt, BACKOFF_BASE_MS, BACKOFF_MAX_MS), signal);
     } catch {
       throw new AbortError(undefined, { cause: signal?.reason });
     }
@@ -199,92 +205,35 @@ export class Lock {
   }
 
   #begin(version: number, startedAt: number): Hold {
-    const expiresAt = this.#ttlMs === undefined ? Number.POSITIVE_INFINITY : startedAt + this.#ttlMs * LEASE_SHARE;
     const current = this.#hold;
     if (current !== undefined) {
       // Two acquires of one Lock share a hold; the later put moved the key on.
       current.version = Math.max(current.version, version);
-      current.expiresAt = Math.max(current.expiresAt, expiresAt);
+      current.lease?.extend(startedAt);
       return holdOf(current);
     }
-    const hold: HoldState = {
-      token: version,
-      version,
-      expiresAt,
-      ended: new AbortController(),
-      renewing: new AbortController(),
-    };
+    const hold: HoldState = { token: version, version, ended: new AbortController(), lease: undefined };
     this.#hold = hold;
     if (this.#ttlMs !== undefined) {
-      this.#keepRenewing(hold);
-      void this.#expireUnlessRenewed(hold);
+      hold.lease = new Lease({
+        clerk: this.#clerk,
+        key: this.#key,
+        id: this.id,
+        ttlMs: this.#ttlMs,
+        clock: this.#clock,
+        held: hold,
+        startedAt,
+        onLost: (reason) => this.#end(hold, reason),
+      });
     }
     return holdOf(hold);
   }
 
   #end(hold: HoldState, reason: Error): void {
     if (this.#hold === hold) this.#hold = undefined;
-    hold.renewing.abort();
+    hold.lease?.end();
     hold.ended.abort(reason);
   }
-
-  /** Ends the hold once its lease is no longer proven: before any waiter may take it over. */
-  async #expireUnlessRenewed(hold: HoldState): Promise<void> {
-    while (!hold.ended.signal.aborted) {
-      const left = hold.expiresAt - this.#clock.now();
-      if (left <= 0)
-        return this.#end(hold, new LeaseLostError(`the lease on ${JSON.stringify(this.#key)} was not renewed within ${this.#ttlMs} ms`));
-      try {
-        await this.#clock.sleep(left, hold.ended.signal);
-      } catch {
-        return; // the hold ended otherwise
-      }
-    }
-  }
-
-  #keepRenewing(hold: HoldState): void {
-    const renewing = new AbortController();
-    hold.renewing.abort();
-    hold.renewing = renewing;
-    this.#renew(hold, renewing.signal).catch((err: unknown) => {
-      if (!renewing.signal.aborted) this.#end(hold, new LeaseLostError("the lease could not be renewed", { cause: err }));
-    });
-  }
-
-  /** Every ttlMs/3, re-puts this Lock's id at the version it wrote last; each OK extends the lease. */
-  async #renew(hold: HoldState, signal: AbortSignal): Promise<void> {
-    const ttlMs = this.#ttlMs as number;
-    let isDue = false;
-    while (!signal.aborted) {
-      if (!isDue) await this.#clock.sleep(ttlMs / 3, signal);
-      isDue = false;
-      const startedAt = this.#clock.now();
-      const r = await this.#clerk.put(this.#key, this.id, hold.version, { signal });
-      if (signal.aborted) return;
-      if (r.err === "OK") {
-        hold.version = r.version;
-        hold.expiresAt = Math.max(hold.expiresAt, startedAt + ttlMs * LEASE_SHARE);
-        continue;
-      }
-      // ErrVersion too: another acquire of this Lock may have moved the key on.
-      if (r.err === "ErrMaybe" || r.err === "ErrVersion") {
-        const seen = await this.#clerk.get(this.#key, { signal });
-        if (seen.err === "OK" && seen.value === this.id) {
-          // Ours, at a version we may not know of: renew again at once, at the version seen.
-          hold.version = seen.version;
-          isDue = true;
-          continue;
-        }
-      }
-      return this.#end(hold, new LeaseLostError(`the lock ${JSON.stringify(this.#key)} was taken over`));
-    }
-  }
-}
-
-/** The lease of the holder whose id is `value`, or undefined: held until released. */
-function leaseOf(value: string): number | undefined {
-  const match = /;ttl=(\d{1,15})$/.exec(value);
-  return match === null ? undefined : Number(match[1]);
 }
 
 function holdOf(hold: HoldState): Hold {
