@@ -8,7 +8,7 @@ import {
   StoreUnavailableError,
 } from "@kv/server";
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from "vitest";
-import { type Reply, startTestServer, type TestServer } from "./testing";
+import { type Reply, startTestServer, type TestServer } from "./test-support/testing";
 
 /** A MemoryStore that lists every putIfVersion call made to it, whatever its outcome. */
 class RecordingStore implements Store {

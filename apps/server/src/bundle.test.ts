@@ -1,9 +1,10 @@
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, realpathSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { type SpawnedServer, spawnServerProcess } from "@kv/testkit";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 const run = promisify(execFile);
@@ -14,7 +15,7 @@ const repo = realpathSync(fileURLToPath(new URL("../../../", import.meta.url)));
 // so the server can only load what the bundle itself carries.
 let scratch: string;
 let bundle: string;
-const children: ChildProcess[] = [];
+const servers: SpawnedServer[] = [];
 
 beforeAll(async () => {
   scratch = realpathSync(mkdtempSync(join(tmpdir(), "kv-bundle-test-")));
@@ -27,48 +28,27 @@ beforeAll(async () => {
   rmSync(made, { recursive: true });
 }, 300_000);
 
-afterEach(() => {
-  for (const child of children.splice(0)) if (child.exitCode === null) child.kill("SIGKILL");
-});
+afterEach(() => Promise.all(servers.splice(0).map((server) => server.kill())));
 afterAll(() => {
   if (scratch !== undefined) rmSync(scratch, { recursive: true, force: true });
 });
 
-/** `node <app>/dist/main.js` in `cwd`, with no environment but the `KV_*` variables given. */
-function startServer(app: string, env: Record<string, string>, cwd: string) {
-  const child = spawn(process.execPath, [join(app, "dist/main.js")], {
+/** `node <app>/dist/main.js` in `cwd`, as deployed: its own host and log level, no NODE_PATH. */
+function startServer(app: string, env: Record<string, string>, cwd: string): SpawnedServer {
+  const server = spawnServerProcess({
+    entry: join(app, "dist/main.js"),
     cwd,
-    // Not even NODE_PATH: pnpm's bin shims (vitest's too) set it to the repository's node_modules,
-    // and lmdb loads its native binary with require, which would find it there.
-    env: { KV_PORT: "0", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
+    // The harness passes no NODE_PATH: pnpm's bin shims (vitest's too) set it to the repository's
+    // node_modules, and lmdb loads its native binary with require, which would find it there.
+    env: { KV_HOST: undefined, KV_LOG_LEVEL: undefined, KV_STORE: undefined, ...env },
+    readyTimeoutMs: 20_000,
   });
-  children.push(child);
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (chunk) => (stdout += chunk));
-  child.stderr.on("data", (chunk) => (stderr += chunk));
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  const listening = new Promise<URL>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no listening line within 20 s: ${stdout}${stderr}`)), 20_000);
-    child.stdout.on("data", () => {
-      const match = /Server listening at (http:\/\/[^"\s]+)/.exec(stdout);
-      if (match?.[1]) {
-        clearTimeout(timer);
-        resolve(new URL(match[1]));
-      }
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`exited with ${code} before listening: ${stderr}`));
-    });
-  });
-  listening.catch(() => {}); // not awaited by the test that expects no start
-  return { exited, listening, stderr: () => stderr, stop: () => child.kill("SIGTERM") };
+  servers.push(server);
+  return server;
 }
 
 /** One request to the server at `base`, bounded; the reply's status and JSON body. */
-async function send(base: URL, method: "GET" | "PUT", key: string, body?: unknown) {
+async function send(base: string, method: "GET" | "PUT", key: string, body?: unknown) {
   const res = await fetch(new URL(`/v1/kv/${key}`, base), {
     method,
     headers: body === undefined ? {} : { "content-type": "application/json" },
@@ -108,12 +88,11 @@ describe("the bundle (pnpm deploy of @kv/server-app), copied out of the reposito
     const data = join(scratch, "data");
     const server = startServer(bundle, { KV_STORE: `lmdb:${data}` }, scratch);
     const base = await server.listening;
-    expect(base.hostname).toBe("127.0.0.1");
+    expect(new URL(base).hostname).toBe("127.0.0.1");
     expect(await send(base, "PUT", "greeting", { value: "hello", version: 0 })).toEqual({ status: 200, body: { err: "OK", version: 1 } });
     expect(await send(base, "PUT", "greeting", { value: "hi", version: 0 })).toEqual({ status: 409, body: { err: "ErrVersion" } });
     expect(await send(base, "GET", "greeting")).toEqual({ status: 200, body: { err: "OK", value: "hello", version: 1 } });
-    server.stop();
-    expect(await server.exited).toBe(0);
+    expect(await server.stop()).toBe(0);
     expect(existsSync(join(data, "data.mdb"))).toBe(true);
   }, 60_000);
 
@@ -123,14 +102,12 @@ describe("the bundle (pnpm deploy of @kv/server-app), copied out of the reposito
     const base = await first.listening;
     expect(await send(base, "GET", "greeting")).toEqual({ status: 404, body: { err: "ErrNoKey" } });
     expect(await send(base, "PUT", "greeting", { value: "hello", version: 0 })).toEqual({ status: 200, body: { err: "OK", version: 1 } });
-    first.stop();
-    expect(await first.exited).toBe(0);
+    expect(await first.stop()).toBe(0);
     expect(existsSync(join(cwd, "kv-data/data.mdb"))).toBe(true);
 
     const second = startServer(bundle, {}, cwd);
     expect(await send(await second.listening, "GET", "greeting")).toEqual({ status: 200, body: { err: "OK", value: "hello", version: 1 } });
-    second.stop();
-    expect(await second.exited).toBe(0);
+    expect(await second.stop()).toBe(0);
   }, 60_000);
 
   // The control for the two runs above: they used the copy's own node_modules, not something

@@ -8,7 +8,7 @@ import { createTestCertificates, startServerProcess, type TestCertificates } fro
 import { Pool } from "undici";
 import { beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { CLOSING_GRACE_MS } from "./connections";
-import { startTestServer, type TestServer, waitUntil } from "./testing";
+import { startTestServer, type TestServer, waitUntil } from "./test-support/testing";
 
 const HEADERS_TIMEOUT_MS = 1_000;
 const REQUEST_TIMEOUT_MS = 2_000;

@@ -5,7 +5,7 @@ import { Socket } from "node:net";
 import { KV_PREFIX, kvPath } from "@kv/rpc";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type Reply, startTestServer, type TestServer } from "./testing";
+import { type Reply, startTestServer, type TestServer } from "./test-support/testing";
 import {
   MAX_VALUE_BYTES,
   ENV,
@@ -25,7 +25,7 @@ import {
   opArb,
   type Op,
   putText,
-} from "./fuzz-requests";
+} from "./test-support/fuzz-requests";
 
 let requestsSent = 0;
 

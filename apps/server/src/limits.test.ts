@@ -3,7 +3,7 @@ import { connect, type Socket } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { MemoryStore } from "@kv/server";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { startTestServer } from "./testing";
+import { startTestServer } from "./test-support/testing";
 
 /** A raw connection to the test server, collecting what it answers and noting when it closes. */
 async function rawConnection(base: string): Promise<{ socket: Socket; received: () => string; closed: Promise<void> }> {

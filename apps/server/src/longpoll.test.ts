@@ -1,7 +1,7 @@
 import { startServerProcess } from "@kv/testkit";
 import { request } from "undici";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { startTestServer, type TestServer } from "./testing";
+import { startTestServer, type TestServer } from "./test-support/testing";
 
 /** Until `n` long-poll reads wait on the server: a write made then must wake them, not meet them. */
 async function waitersReach(kv: TestServer, n: number): Promise<void> {

@@ -1,46 +1,29 @@
-import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { type SpawnedServer, spawnServerProcess } from "@kv/testkit";
 import { request } from "undici";
 import { afterEach, describe, expect, it, onTestFinished } from "vitest";
 
-// The built server, as `pnpm start` runs it (turbo builds before testing).
+// The built server, as `pnpm start` runs it (turbo builds before testing), and as deployed:
+// the server's own host and log level.
 const main = fileURLToPath(new URL("../dist/main.js", import.meta.url));
-const children: ChildProcess[] = [];
-afterEach(() => {
-  for (const child of children.splice(0)) if (child.exitCode === null) child.kill("SIGKILL");
-});
+const servers: SpawnedServer[] = [];
+afterEach(() => Promise.all(servers.splice(0).map((server) => server.kill())));
 
-/** The built server on a free port; on the memory store unless `env` names one, in `cwd` if given. */
-function startServer(env: Record<string, string>, args: string[] = [], cwd?: string) {
-  const child = spawn(process.execPath, [main, ...args], {
-    env: { PATH: process.env.PATH, KV_PORT: "0", ...(cwd === undefined && { KV_STORE: "memory" }), ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-    cwd,
+/** The built server on a free port; on the memory store unless `env` names one, or on the default store in `cwd` if given. */
+function startServer(env: Record<string, string> = {}, args: string[] = [], cwd?: string): SpawnedServer {
+  const server = spawnServerProcess({
+    entry: main,
+    args,
+    env: { KV_HOST: undefined, KV_LOG_LEVEL: undefined, ...(cwd !== undefined && { KV_STORE: undefined }), ...env },
+    ...(cwd !== undefined && { cwd }),
   });
-  children.push(child);
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (chunk) => (stdout += chunk));
-  child.stderr.on("data", (chunk) => (stderr += chunk));
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  const listening = new Promise<URL>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no listening line within 10 s: ${stdout}${stderr}`)), 10_000);
-    child.stdout.on("data", () => {
-      const match = /Server listening at (http:\/\/[^"\s]+)/.exec(stdout);
-      if (match?.[1]) {
-        clearTimeout(timer);
-        resolve(new URL(match[1]));
-      }
-    });
-    void exited.then((code) => reject(new Error(`exited with ${code} before listening: ${stderr}`)));
-  });
-  listening.catch(() => {}); // awaited only by the tests that expect the server to start
-  return { child, exited, listening, output: () => ({ stdout, stderr }) };
+  servers.push(server);
+  return server;
 }
 
 /** A raw connection to `url`, collecting everything the server sends on it. */
@@ -70,15 +53,15 @@ async function waitFor(condition: () => boolean): Promise<void> {
 describe("the built server (dist/main.js)", () => {
   it("logs one line with the bound address and serves requests", async () => {
     const server = startServer({});
-    const url = await server.listening;
+    const url = new URL(await server.listening);
     expect(url.hostname).toBe("127.0.0.1");
     const res = await fetch(new URL("/v1/kv/a", url));
     expect(res.status).toBe(404);
     expect(await res.json()).toEqual({ err: "ErrNoKey" });
     expect(
       server
-        .output()
-        .stdout.split("\n")
+        .stdout()
+        .split("\n")
         .filter((l) => l.includes("listening")),
     ).toHaveLength(1);
   });
@@ -87,7 +70,7 @@ describe("the built server (dist/main.js)", () => {
     "on %s stops accepting, answers the request in flight, refuses one that arrives, and exits 0",
     async (signal) => {
       const server = startServer({});
-      const url = await server.listening;
+      const url = new URL(await server.listening);
       const body = JSON.stringify({ value: "sent slowly", version: 0 });
       const half = Math.floor(body.length / 2);
 
@@ -99,11 +82,13 @@ describe("the built server (dist/main.js)", () => {
       const late = await openConnection(url);
       late.socket.write("GET /v1/kv/slow HTTP/1.1\r\nHost: kv\r\n");
       await new Promise((r) => setTimeout(r, 100)); // let the server read both parts
-      server.child.kill(signal);
-      await waitFor(() => server.output().stdout.includes('"msg":"closing"'));
+      let hasExited = false;
+      void server.exited.then(() => (hasExited = true));
+      server.signal(signal);
+      await waitFor(() => server.stdout().includes('"msg":"closing"'));
 
       await expectRefused(url); // no longer accepting
-      expect(server.child.exitCode).toBe(null); // still waiting for the request in flight
+      expect(hasExited).toBe(false); // still waiting for the request in flight
 
       late.socket.write("\r\n");
       await once(late.socket, "close");
@@ -120,7 +105,7 @@ describe("the built server (dist/main.js)", () => {
 
   it("answers /readyz on a kept-alive connection 503 ErrUnavailable once closing, and exits 0", async () => {
     const server = startServer({});
-    const url = await server.listening;
+    const url = new URL(await server.listening);
     // Two readiness checks in one write: the first is answered 200 and keeps the connection; the
     // second, all but its final blank line, keeps the connection busy, so closing waits for it
     // (an idle kept-alive connection is simply dropped on close).
@@ -131,8 +116,8 @@ describe("the built server (dist/main.js)", () => {
     expect(probe.reply.text).toMatch(/^connection: keep-alive\r$/im);
     const readyReply = probe.reply.text.length;
 
-    server.child.kill("SIGTERM");
-    await waitFor(() => server.output().stdout.includes('"msg":"closing"'));
+    server.signal("SIGTERM");
+    await waitFor(() => server.stdout().includes('"msg":"closing"'));
     await expectRefused(url);
 
     probe.socket.write("\r\n");
@@ -152,7 +137,7 @@ describe("the built server (dist/main.js)", () => {
     const code = await server.exited;
     expect(code).not.toBe(0);
     expect(code).not.toBe(null);
-    const lines = server.output().stderr.trim().split("\n");
+    const lines = server.stderr().trim().split("\n");
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(message);
   });
@@ -161,22 +146,20 @@ describe("the built server (dist/main.js)", () => {
     const cwd = mkdtempSync(join(tmpdir(), "kv-default-store-"));
     onTestFinished(() => rmSync(cwd, { recursive: true, force: true }));
     const first = startServer({}, [], cwd);
-    const url = await first.listening;
+    const url = new URL(await first.listening);
     const put = await request(new URL("/v1/kv/kept", url), {
       method: "PUT",
       headers: { "content-type": "application/json" },
       body: '{"value":"v","version":0}',
     });
     expect(await put.body.json()).toEqual({ err: "OK", version: 1 });
-    first.child.kill("SIGTERM");
-    expect(await first.exited).toBe(0);
+    expect(await first.stop()).toBe(0);
     expect(existsSync(join(cwd, "kv-data", "data.mdb"))).toBe(true);
 
     const second = startServer({}, [], cwd);
     const again = await request(new URL("/v1/kv/kept", await second.listening));
     expect(await again.body.json()).toEqual({ err: "OK", value: "v", version: 1 });
-    second.child.kill("SIGTERM");
-    expect(await second.exited).toBe(0);
+    expect(await second.stop()).toBe(0);
   });
 
   it("exits non-zero with one clear line when its LMDB directory is another server's", async () => {
@@ -186,9 +169,7 @@ describe("the built server (dist/main.js)", () => {
     await first.listening;
     const second = startServer({ KV_STORE: `lmdb:${dir}` });
     expect(await second.exited).toBe(1);
-    expect(second.output().stderr.trim().split("\n")).toEqual([
-      `kv-server: cannot open the store: ${dir} is in use by another kv server process`,
-    ]);
+    expect(second.stderr().trim().split("\n")).toEqual([`kv-server: cannot open the store: ${dir} is in use by another kv server process`]);
   });
 
   it("exits non-zero with one clear line when the store's path is not an LMDB environment", async () => {
@@ -197,16 +178,16 @@ describe("the built server (dist/main.js)", () => {
     writeFileSync(join(dir, "notes.txt"), "mine");
     const server = startServer({ KV_STORE: `lmdb:${dir}` });
     expect(await server.exited).toBe(1);
-    const lines = server.output().stderr.trim().split("\n");
+    const lines = server.stderr().trim().split("\n");
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(/^kv-server: cannot open the store: .* is not an LMDB environment/);
   });
 
   it("exits non-zero with a clear line when the port is taken", async () => {
     const first = startServer({});
-    const url = await first.listening;
+    const url = new URL(await first.listening);
     const second = startServer({ KV_PORT: url.port });
     expect(await second.exited).toBe(1);
-    expect(second.output().stderr).toMatch(/cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
+    expect(second.stderr()).toMatch(/cannot listen on 127\.0\.0\.1:\d+: .*EADDRINUSE/);
   });
 });

@@ -1,6 +1,6 @@
 import { startServerProcess } from "@kv/testkit";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { startTestServer, type TestServer } from "./testing";
+import { startTestServer, type TestServer } from "./test-support/testing";
 
 // Prometheus's text format, version 0.0.4: comments, and `name{labels} value` samples.
 const SAMPLE = /^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? (-?[0-9.]+(e[-+]?[0-9]+)?|[Nn]a[Nn]|[-+]Inf)$/; // prom-client writes NaN as "Nan", which Prometheus reads

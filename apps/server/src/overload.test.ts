@@ -4,7 +4,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { createClerk } from "@kv/clerk";
 import { MemoryStore, type PutIfVersionResult, type Store, type StoredEntry } from "@kv/server";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { startTestServer } from "./testing";
+import { startTestServer } from "./test-support/testing";
 
 /** A MemoryStore that takes `delayMs` over each put and remembers which keys reached it. */
 class SlowStore implements Store {

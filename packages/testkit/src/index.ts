@@ -11,7 +11,14 @@ export {
   type FaultRates,
   type ProxyFaults,
 } from "./fault-proxy";
-export { findServerEntry, startServerProcess, type ServerProcess, type ServerProcessOptions } from "./server-process";
+export {
+  findServerEntry,
+  spawnServerProcess,
+  startServerProcess,
+  type ServerProcess,
+  type ServerProcessOptions,
+  type SpawnedServer,
+} from "./server-process";
 export { describeStoreConformance, type StoreConformanceOptions } from "./store-conformance";
 export { type EtcdCluster, type EtcdClusterOptions, type EtcdMember, startEtcdCluster } from "./etcd-cluster";
 export { createTestCertificates, type TestCertificates } from "./certificates";

@@ -1,10 +1,11 @@
 import { once } from "node:events";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it, onTestFinished } from "vitest";
-import { type ServerProcessOptions, startServerProcess } from "./server-process";
+import { type ServerProcessOptions, spawnServerProcess, startServerProcess } from "./server-process";
 
 /** Starts a server that is killed after the test, whatever happened in it. */
 async function start(options?: ServerProcessOptions) {
@@ -92,5 +93,35 @@ describe("startServerProcess", () => {
 
   it("rejects with the server's output when it cannot start", async () => {
     await expect(startServerProcess({ env: { KV_PORT: "nope" } })).rejects.toThrow(/KV_PORT must be an integer/);
+  });
+
+  it("runs it in cwd, and an env value of undefined drops a default: the server's own store, LMDB in kv-data", async () => {
+    const cwd = await mkdtemp(join(tmpdir(), "kv-testkit-cwd-"));
+    onTestFinished(() => rm(cwd, { recursive: true, force: true }));
+    const server = await start({ cwd, env: { KV_STORE: undefined } });
+    expect((await put(server.url, "k", 0)).status).toBe(200);
+    expect(await server.stop()).toBe(0);
+    expect(existsSync(join(cwd, "kv-data", "data.mdb"))).toBe(true);
+  });
+});
+
+describe("spawnServerProcess", () => {
+  it("returns before the server listens; listening resolves with its address, stdout holds the line", async () => {
+    const server = spawnServerProcess();
+    onTestFinished(() => server.kill());
+    const url = await server.listening;
+    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(server.stdout()).toContain(`Server listening at ${url}`);
+    expect(server.stderr()).toBe("");
+    server.signal("SIGINT");
+    expect(await server.exited).toBe(0);
+  });
+
+  it("gives the exit code and stderr of a server that cannot start, and rejects listening", async () => {
+    const server = spawnServerProcess({ env: { KV_LOG_LEVEL: "chatty" } });
+    expect(await server.exited).toBe(2); // a bad setting
+    expect(server.stderr()).toMatch(/KV_LOG_LEVEL must be one of/);
+    expect(server.stdout()).toBe("");
+    await expect(server.listening).rejects.toThrow(/exited with 2 before listening/);
   });
 });

@@ -4,31 +4,36 @@ import { get as httpGet } from "node:http";
 import { get as httpsGet } from "node:https";
 import { dirname, join } from "node:path";
 
-/** How {@link startServerProcess} runs the server: its environment, arguments, entry file and patience. */
+/** How {@link startServerProcess} and {@link spawnServerProcess} run the server: its environment, arguments, entry file and patience. */
 export interface ServerProcessOptions {
   /**
-   * `KV_*` settings; `KV_PORT` defaults to 0 (a free port) and `KV_STORE` to `memory`.
-   * `KV_LOG_LEVEL` is always `info`: the harness learns the port from the line logged at that level.
+   * `KV_*` settings over the harness's defaults: `KV_HOST` 127.0.0.1, `KV_PORT` 0 (a free port),
+   * `KV_STORE` memory and `KV_LOG_LEVEL` info (the harness learns the port from the line logged
+   * at that level). `undefined` drops a default, leaving the server's own (e.g. `KV_STORE:
+   * undefined` is LMDB in `cwd`). Nothing else is inherited but `PATH`: not `NODE_PATH`.
    */
-  env?: Record<string, string>;
+  env?: Record<string, string | undefined>;
   /** Command-line arguments after the entry file. */
   args?: string[];
   /** The server's entry file (default: the monorepo's built `apps/server/dist/main.js`). */
   entry?: string;
+  /** The server's working directory (default: this process's). */
+  cwd?: string;
   /** How long to wait for the server to listen and answer `/readyz` (default 10 s). */
   readyTimeoutMs?: number;
   /** For a server on HTTPS: the CA to trust while waiting for `/readyz` (PEM). */
   tlsCa?: string;
 }
 
-/** A built kv server running as a child process. */
-export interface ServerProcess {
-  /** The address the server logged, e.g. `http://127.0.0.1:<port>`. */
-  readonly url: string;
-  readonly port: number;
+/** A kv server child process, from its spawn on: it may still be starting, or have failed to. */
+export interface SpawnedServer {
   readonly pid: number;
+  /** Resolves with the address the server logged, e.g. `http://127.0.0.1:<port>`; rejects, with its output, when it exits first or logs none within `readyTimeoutMs`. */
+  readonly listening: Promise<string>;
   /** Resolves with the exit code (null when killed by a signal). */
   readonly exited: Promise<number | null>;
+  /** Sends `signal` unless the process has exited. */
+  signal(signal: NodeJS.Signals): void;
   /** SIGTERM, then the exit code; SIGKILL (and null) if it has not exited within `timeoutMs` (default 15 s). */
   stop(options?: { timeoutMs?: number }): Promise<number | null>;
   /** SIGKILL: a crash. Resolves once the process is gone. */
@@ -37,8 +42,19 @@ export interface ServerProcess {
   pause(): void;
   /** SIGCONT. */
   resume(): void;
-  /** Everything it wrote to stdout and stderr so far. */
+  /** What it wrote to stdout so far. */
+  stdout(): string;
+  /** What it wrote to stderr so far. */
+  stderr(): string;
+  /** Everything it wrote to stdout and stderr so far, interleaved. */
   output(): string;
+}
+
+/** A built kv server running as a child process, listening and ready. */
+export interface ServerProcess extends SpawnedServer {
+  /** The address the server logged, e.g. `http://127.0.0.1:<port>`. */
+  readonly url: string;
+  readonly port: number;
 }
 
 const LISTENING = /Server listening at (https?:\/\/[^\s"]+)/;
@@ -73,20 +89,32 @@ export function findServerEntry(from = process.cwd()): string {
 }
 
 /**
- * Starts the built kv server on 127.0.0.1 and resolves once `/readyz` answers 200.
- * Rejects, with the process's output, when it exits first or is not ready in time.
+ * Starts the built kv server and returns at once, without waiting for it to listen: for tests
+ * of how it starts, or fails to. The process is killed if this one exits first.
  */
-export async function startServerProcess(options: ServerProcessOptions = {}): Promise<ServerProcess> {
+export function spawnServerProcess(options: ServerProcessOptions = {}): SpawnedServer {
   const entry = options.entry ?? findServerEntry();
   if (!existsSync(entry)) throw new Error(`${entry} does not exist: build the server first (pnpm build)`);
+  const env: Record<string, string | undefined> = {
+    PATH: process.env.PATH,
+    KV_HOST: "127.0.0.1",
+    KV_PORT: "0",
+    KV_STORE: "memory",
+    KV_LOG_LEVEL: "info",
+    ...options.env,
+  };
+  for (const name of Object.keys(env)) if (env[name] === undefined) delete env[name];
   const child: ChildProcess = spawn(process.execPath, [entry, ...(options.args ?? [])], {
-    env: { PATH: process.env.PATH, KV_HOST: "127.0.0.1", KV_PORT: "0", KV_STORE: "memory", ...options.env, KV_LOG_LEVEL: "info" },
+    env,
     stdio: ["ignore", "pipe", "pipe"],
+    ...(options.cwd !== undefined && { cwd: options.cwd }),
   });
   running.add(child);
+  let stdout = "";
+  let stderr = "";
   let output = "";
-  child.stdout?.on("data", (chunk) => (output += chunk));
-  child.stderr?.on("data", (chunk) => (output += chunk));
+  child.stdout?.on("data", (chunk) => ((stdout += chunk), (output += chunk)));
+  child.stderr?.on("data", (chunk) => ((stderr += chunk), (output += chunk)));
   const exited = new Promise<number | null>((resolve) =>
     child.once("exit", (code) => {
       running.delete(child);
@@ -94,17 +122,14 @@ export async function startServerProcess(options: ServerProcessOptions = {}): Pr
     }),
   );
   const timeoutMs = options.readyTimeoutMs ?? 10_000;
-  const deadline = Date.now() + timeoutMs;
-
-  const url = await new Promise<string>((resolve, reject) => {
+  const listening = new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => fail(new Error(`server did not log its address within ${timeoutMs} ms:\n${output}`)), timeoutMs);
     const fail = (err: Error) => {
       clearTimeout(timer);
-      child.kill("SIGKILL");
       reject(err);
     };
     const onData = () => {
-      const match = LISTENING.exec(output);
+      const match = LISTENING.exec(stdout);
       if (match?.[1] === undefined) return;
       clearTimeout(timer);
       child.stdout?.off("data", onData);
@@ -113,26 +138,16 @@ export async function startServerProcess(options: ServerProcessOptions = {}): Pr
     child.stdout?.on("data", onData);
     void exited.then((code) => fail(new Error(`server exited with ${code} before listening:\n${output}`)));
   });
-
-  while (true) {
-    const ready = (await statusOf(`${url}/readyz`, options.tlsCa)) === 200;
-    if (ready) break;
-    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode} before it was ready:\n${output}`);
-    if (Date.now() > deadline) {
-      child.kill("SIGKILL");
-      throw new Error(`server at ${url} not ready within ${timeoutMs} ms:\n${output}`);
-    }
-    await new Promise((r) => setTimeout(r, READY_POLL_MS));
-  }
+  listening.catch(() => {}); // awaited only by those that expect it to start
 
   const signal = (name: NodeJS.Signals) => {
     if (child.exitCode === null && child.signalCode === null) child.kill(name);
   };
   return {
-    url,
-    port: Number(new URL(url).port),
     pid: child.pid as number,
+    listening,
     exited,
+    signal,
     stop: async ({ timeoutMs: stopMs = STOP_TIMEOUT_MS } = {}) => {
       signal("SIGCONT"); // a paused process cannot handle SIGTERM
       signal("SIGTERM");
@@ -149,6 +164,33 @@ export async function startServerProcess(options: ServerProcessOptions = {}): Pr
     },
     pause: () => signal("SIGSTOP"),
     resume: () => signal("SIGCONT"),
+    stdout: () => stdout,
+    stderr: () => stderr,
     output: () => output,
   };
+}
+
+/**
+ * Starts the built kv server (on 127.0.0.1 unless `env` says otherwise) and resolves once
+ * `/readyz` answers 200. Rejects, with the process's output, when it exits first or is not
+ * ready in time, and kills it.
+ */
+export async function startServerProcess(options: ServerProcessOptions = {}): Promise<ServerProcess> {
+  const server = spawnServerProcess(options);
+  const timeoutMs = options.readyTimeoutMs ?? 10_000;
+  const deadline = Date.now() + timeoutMs;
+  let hasExited = false;
+  void server.exited.then(() => (hasExited = true));
+  try {
+    const url = await server.listening;
+    while ((await statusOf(`${url}/readyz`, options.tlsCa)) !== 200) {
+      if (hasExited) throw new Error(`server exited with ${await server.exited} before it was ready:\n${server.output()}`);
+      if (Date.now() > deadline) throw new Error(`server at ${url} not ready within ${timeoutMs} ms:\n${server.output()}`);
+      await new Promise((r) => setTimeout(r, READY_POLL_MS));
+    }
+    return { ...server, url, port: Number(new URL(url).port) };
+  } catch (err) {
+    await server.kill();
+    throw err;
+  }
 }

@@ -4,8 +4,8 @@ import { MemoryStore, type Store } from "@kv/server";
 import type { FastifyInstance } from "fastify";
 import { Pool } from "undici";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type AppOptions, buildApp } from "./app";
-import { type Config, parseConfig } from "./config";
+import { type AppOptions, buildApp } from "../app";
+import { type Config, parseConfig } from "../config";
 
 export interface Reply {
   status: number;
