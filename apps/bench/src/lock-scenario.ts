@@ -1,7 +1,7 @@
 // S5: a lock passed among contenders, each its own client (as separate processes would be):
 // acquire → release, no work held. @kv/lock on kv (LMDB, the default store: durable, like etcd)
 // against etcd3's lock on etcd.
-import { createClerk } from "@kv/clerk";
+import { backoffMs, createClerk } from "@kv/clerk";
 import { createLock } from "@kv/lock";
 import { Etcd3, EtcdLockFailedError } from "etcd3";
 import { compare, type Contender } from "./load";
@@ -56,7 +56,7 @@ export async function s5(settings: Settings): Promise<Omit<ScenarioResult, "seco
             await lock.acquire();
           } catch (err) {
             if (!(err instanceof EtcdLockFailedError)) throw err;
-            await sleep(Math.random() * Math.min(WAIT_MAX_MS, WAIT_BASE_MS * 2 ** attempt));
+            await sleep(backoffMs(attempt, WAIT_BASE_MS, WAIT_MAX_MS));
             continue;
           }
           const waitMs = performance.now() - asked;

@@ -284,6 +284,11 @@ describe("value size limit (KV_MAX_VALUE_BYTES, default 1 MiB of UTF-8)", () => 
     expect(await kv.store.get("big-euro")).toBeUndefined();
   });
 
+  it("answers 413 for a value over the limit even when it is also not well-formed Unicode", async () => {
+    const reply = await withoutPuts(() => kv.put("big-surrogates", { value: "\udc00".repeat(limit), version: 0 }));
+    expect(reply).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });
+  });
+
   it("refuses a body past the body limit with 413 ErrTooLarge", async () => {
     const reply = await withoutPuts(() => kv.put("big-body", { value: "\u0001".repeat(limit + 200_000), version: 0 }));
     expect(reply).toMatchObject({ status: 413, body: { err: "ErrTooLarge" } });

@@ -5,14 +5,15 @@ import type { Config } from "./config";
 import { Connections, connectionsPlugin } from "./connections";
 import { replyToError } from "./error-replies";
 import { fastifyOptions } from "./fastify-options";
+import { longPollPlugin } from "./long-poll";
 import { Metrics, measureStore, requestMetricsPlugin } from "./metrics";
 import { LoadShedder } from "./overload";
-import { refuse } from "./replies";
+import { notFound } from "./replies";
 import { echoRequestIdPlugin } from "./request-ids";
 import { healthRoutes } from "./routes/health";
-import { kvRoutes } from "./routes/kv";
 import { metricsRoutes } from "./routes/metrics";
 import { openApiPlugin } from "./routes/openapi";
+import { v1Routes } from "./routes/v1";
 import { shutdownPlugin } from "./shutdown";
 import { Waiters } from "./waiters";
 
@@ -38,15 +39,15 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
   const connections = new Connections({ maxConnections: config.maxConnections, sendTimeoutMs: config.requestTimeoutMs });
   const app = Fastify(fastifyOptions(config, options, connections.refuseClientError));
 
+  await app.register(longPollPlugin);
   // Every request, in this order: dropped if its connection was given up on, counted, refused while closing.
   await app.register(connectionsPlugin, { connections });
   await app.register(requestMetricsPlugin, { metrics });
   await app.register(shutdownPlugin, { waiters, connections });
   await app.register(echoRequestIdPlugin);
-  app.decorateRequest("isLongPoll", false);
   app.removeContentTypeParser("text/plain"); // only JSON bodies: a text/plain put is refused, not read as a string
   app.setErrorHandler(replyToError);
-  app.setNotFoundHandler((request, reply) => refuse(reply, "ErrNotFound", `no route ${request.method} ${request.url.split("?")[0]}`));
+  app.setNotFoundHandler(notFound);
   app.addHook("onClose", () => {
     shedder.close();
     return store.close(); // after the requests in flight are answered
@@ -54,7 +55,7 @@ export async function buildApp(config: Config, plainStore: Store, options: AppOp
 
   await app.register(openApiPlugin, { version });
   await app.register(healthRoutes, { store, shedder });
-  await app.register(kvRoutes, { prefix: "/v1", server: new KVServer(store), config, metrics, waiters, shedder });
+  await app.register(v1Routes, { prefix: "/v1", server: new KVServer(store), config, metrics, waiters, shedder });
   await app.register(metricsRoutes, { metrics, config });
   await app.ready();
   return app;

@@ -38,9 +38,10 @@ function startServer(app: string, env: Record<string, string>, cwd: string): Spa
   const server = spawnServerProcess({
     entry: join(app, "dist/main.js"),
     cwd,
-    // The harness passes no NODE_PATH: pnpm's bin shims (vitest's too) set it to the repository's
-    // node_modules, and lmdb loads its native binary with require, which would find it there.
-    env: { KV_HOST: undefined, KV_LOG_LEVEL: undefined, KV_STORE: undefined, ...env },
+    // Nothing but the KV_* given: no NODE_PATH above all — pnpm's bin shims (vitest's too) set it
+    // to the repository's node_modules, and lmdb loads its native binary with require, which
+    // would find it there.
+    env: { PATH: undefined, KV_HOST: undefined, KV_LOG_LEVEL: undefined, KV_STORE: undefined, ...env },
     readyTimeoutMs: 20_000,
   });
   servers.push(server);

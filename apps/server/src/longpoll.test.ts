@@ -22,6 +22,17 @@ describe("long-poll reads (GET /v1/kv/:key?waitVersion&waitMs)", () => {
     expect(await waiting).toMatchObject({ status: 200, body: { err: "OK", value: "v2", version: 2 } });
   });
 
+  it("waits on HEAD as on GET, and refuses a HEAD with waitVersion alone", async () => {
+    const kv = await startTestServer();
+    onTestFinished(() => kv.close());
+    await kv.put("head", { value: "v1", version: 0 });
+    const waiting = kv.request("HEAD", "/v1/kv/head?waitVersion=1&waitMs=60000");
+    await waitersReach(kv, 1);
+    expect((await kv.put("head", { value: "v2", version: 1 })).status).toBe(200);
+    expect(await waiting).toMatchObject({ status: 200 });
+    expect(await kv.request("HEAD", "/v1/kv/head?waitVersion=1")).toMatchObject({ status: 400 });
+  });
+
   it("waits without polling the store: it reads on arrival and when the wait is over, not in between", async () => {
     const kv = await startTestServer();
     onTestFinished(() => kv.close());
@@ -67,6 +78,7 @@ describe("long-poll reads (GET /v1/kv/:key?waitVersion&waitMs)", () => {
     ["/v1/kv/k?waitVersion=-1&waitMs=10", "querystring/waitVersion must match pattern"],
     ["/v1/kv/k?waitVersion=1&waitMs=1e3", "querystring/waitMs must match pattern"],
     ["/v1/kv/k?waitVersion=9007199254740992&waitMs=10", "waitVersion must be at most 9007199254740991"],
+    ["/v1/kv/k?waitVersion=9999999999999999&waitMs=10", "waitVersion must be at most 9007199254740991, got 9999999999999999"],
   ])("refuses %s with 400", async (path, message) => {
     const kv = await startTestServer();
     onTestFinished(() => kv.close());

@@ -45,6 +45,19 @@ describe("overload: too many requests in flight (KV_MAX_IN_FLIGHT)", () => {
     expect(metrics).toContain(`kv_overload_rejections_total{reason="in_flight"} ${refused.length}`);
   });
 
+  it("sheds a request to an unknown /v1 path too, and answers it 404 once there is room", async () => {
+    const kv = await startTestServer({ KV_MAX_IN_FLIGHT: "1" }, new SlowStore(500));
+    onTestFinished(() => kv.close());
+    const busy = kv.put("busy", { value: "v", version: 0 });
+    await sleep(100); // the put holds the only place
+    expect(await kv.request("GET", "/v1/nope")).toMatchObject({ status: 503, body: { err: "ErrUnavailable" } });
+    expect((await busy).status).toBe(200);
+    expect(await kv.request("GET", "/v1/nope")).toMatchObject({
+      status: 404,
+      body: { err: "ErrNotFound", message: "no route GET /v1/nope" },
+    });
+  });
+
   it("frees the place of a request whose client left while the store worked", async () => {
     const kv = await startTestServer({ KV_MAX_IN_FLIGHT: "2" }, new SlowStore(300));
     onTestFinished(() => kv.close());

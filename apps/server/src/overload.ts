@@ -80,21 +80,9 @@ export class LoadShedder {
   }
 }
 
-declare module "fastify" {
-  interface FastifyRequest {
-    /** A `/v1` read that waits (`?waitVersion&waitMs`): decided once, by {@link loadShedding}, from the parsed query. */
-    isLongPoll: boolean;
-  }
-}
-
-/**
- * The `/v1` scope's first hook: tells long-poll reads from the rest, from the parsed query, and
- * sheds load before the token is checked or the store touched.
- */
+/** The `/v1` scope's first hook: sheds load before the token is checked or the store touched. */
 export function loadShedding(shedder: LoadShedder): onRequestHookHandler {
   return (request, reply, done) => {
-    const query = request.query as { waitVersion?: unknown; waitMs?: unknown };
-    request.isLongPoll = request.method === "GET" && (query.waitVersion !== undefined || query.waitMs !== undefined);
     shedder.enter(request, reply);
     done();
   };

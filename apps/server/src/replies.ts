@@ -1,6 +1,6 @@
 import { STATUS_CODES } from "node:http";
 import { type ReplyErr, statusByErr } from "@kv/rpc";
-import type { FastifyReply } from "fastify";
+import type { FastifyReply, FastifyRequest } from "fastify";
 
 /** Sends a refusal in the contract's shape: the status that goes with `err`, and what was wrong. */
 export const refuse = (reply: FastifyReply, err: Exclude<ReplyErr, "OK">, message?: string): FastifyReply =>
@@ -12,3 +12,7 @@ export function rawRefusal(err: Exclude<ReplyErr, "OK">, message: string): strin
   const body = JSON.stringify({ err, message });
   return `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
 }
+
+/** The not-found handler: 404 `ErrNotFound`, naming the method and path asked for. */
+export const notFound = (request: FastifyRequest, reply: FastifyReply): FastifyReply =>
+  refuse(reply, "ErrNotFound", `no route ${request.method} ${request.url.split("?")[0]}`);

@@ -14,7 +14,7 @@ const LEASE_SHARE = 0.9;
 export const withLease = (id: string, ttlMs: number): string => `${id};ttl=${ttlMs}`;
 
 /** The lease of the holder whose id is `value`, or undefined: held until released. */
-export function leaseOf(value: string): number | undefined {
+function leaseOf(value: string): number | undefined {
   const match = /;ttl=(\d{1,15})$/.exec(value);
   return match === null ? undefined : Number(match[1]);
 }

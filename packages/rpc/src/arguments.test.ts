@@ -19,6 +19,8 @@ describe("the argument rules shared by the server, its routes and the clerk", ()
     expect(() => checkValue("ééé", 5)).toThrow(
       expect.objectContaining({ name: "KvError", code: "ERR_KV_TOO_LARGE", message: "value must be at most 5 UTF-8 bytes, got 6" }),
     );
+    // Too large comes first: the limit says how much the server will read at all.
+    expect(() => checkValue("\udc00".repeat(4), 5)).toThrow(expect.objectContaining({ code: "ERR_KV_TOO_LARGE" }));
   });
 
   it("take a version that is a safe integer ≥ 0", () => {
@@ -43,5 +45,14 @@ describe("the argument rules shared by the server, its routes and the clerk", ()
     expect(() => checkWait(2 ** 53, 10)).toThrow(invalid("waitVersion must be at most 9007199254740991, got 9007199254740992"));
     expect(() => checkWait(-1, 10)).toThrow(invalid("waitVersion must be a safe integer ≥ 0, got -1"));
     expect(() => checkWait(1, 1.5)).toThrow(invalid("waitMs must be an integer ≥ 0, got 1.5"));
+  });
+
+  it("takes a wait's decimal text from a query string, and names it as sent", () => {
+    expect(checkWait("7", "250")).toEqual({ version: 7, ms: 250 });
+    expect(() => checkWait("9999999999999999", "10")).toThrow(
+      invalid("waitVersion must be at most 9007199254740991, got 9999999999999999"),
+    );
+    expect(() => checkWait("1", "060001")).toThrow(invalid("waitMs must be at most 60000, got 060001"));
+    expect(() => checkWait("-1", "10")).toThrow(invalid('waitVersion must be a safe integer ≥ 0, got "-1"'));
   });
 });

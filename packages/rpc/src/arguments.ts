@@ -22,17 +22,15 @@ export function checkKey(key: unknown, maxBytes?: number): asserts key is string
 
 /**
  * A value: a string of well-formed Unicode. Given `maxBytes`, one over that many UTF-8 bytes
- * throws `KvError` `ERR_KV_TOO_LARGE` (413 over HTTP).
+ * throws `KvError` `ERR_KV_TOO_LARGE` (413 over HTTP), whatever else is wrong with it.
  */
 export function checkValue(value: unknown, maxBytes?: number): asserts value is string {
-  if (typeof value !== "string" || !value.isWellFormed()) {
-    throw new InvalidArgumentError(
-      `value must be a string of well-formed Unicode${typeof value === "string" ? "" : `, got ${typeof value}`}`,
-    );
+  if (typeof value !== "string") throw new InvalidArgumentError(`value must be a string of well-formed Unicode, got ${typeof value}`);
+  if (maxBytes !== undefined && value.length * 3 > maxBytes) {
+    const bytes = Buffer.byteLength(value);
+    if (bytes > maxBytes) throw new KvError("ERR_KV_TOO_LARGE", `value must be at most ${maxBytes} UTF-8 bytes, got ${bytes}`);
   }
-  if (maxBytes === undefined || value.length * 3 <= maxBytes) return;
-  const bytes = Buffer.byteLength(value);
-  if (bytes > maxBytes) throw new KvError("ERR_KV_TOO_LARGE", `value must be at most ${maxBytes} UTF-8 bytes, got ${bytes}`);
+  if (!value.isWellFormed()) throw new InvalidArgumentError("value must be a string of well-formed Unicode");
 }
 
 /** A version a put names, or a long-poll waits on: a safe integer ≥ 0 (`name` says which). */
@@ -50,18 +48,26 @@ export function checkPutId(id: unknown): asserts id is string {
   }
 }
 
-/** A long-poll: both of `waitVersion`, a version (at most 2^53 − 1), and `waitMs`, an integer from 0 to 60 000; returns them as a wait. */
+/**
+ * A long-poll: both of `waitVersion`, a version (at most 2^53 − 1), and `waitMs`, an integer from
+ * 0 to 60 000 — numbers, or their decimal text from a query string; returns them as a wait.
+ */
 export function checkWait(waitVersion: unknown, waitMs: unknown): WaitOptions {
   if (waitVersion === undefined || waitMs === undefined) throw new InvalidArgumentError("waitVersion and waitMs go together");
-  if (typeof waitVersion === "number" && waitVersion > MAX_VERSION) {
-    throw new InvalidArgumentError(`waitVersion must be at most ${MAX_VERSION}, got ${waitVersion}`);
+  const version = fromDecimal(waitVersion);
+  const ms = fromDecimal(waitMs);
+  // Past the limits, the text as it came: a number that large may print as another.
+  if (typeof version === "number" && version > MAX_VERSION) {
+    throw new InvalidArgumentError(`waitVersion must be at most ${MAX_VERSION}, got ${String(waitVersion)}`);
   }
-  checkVersion(waitVersion, "waitVersion");
-  if (typeof waitMs === "number" && waitMs > MAX_WAIT_MS)
-    throw new InvalidArgumentError(`waitMs must be at most ${MAX_WAIT_MS}, got ${waitMs}`);
-  if (!Number.isSafeInteger(waitMs) || (waitMs as number) < 0)
+  checkVersion(version, "waitVersion");
+  if (typeof ms === "number" && ms > MAX_WAIT_MS)
+    throw new InvalidArgumentError(`waitMs must be at most ${MAX_WAIT_MS}, got ${String(waitMs)}`);
+  if (!Number.isSafeInteger(ms) || (ms as number) < 0)
     throw new InvalidArgumentError(`waitMs must be an integer ≥ 0, got ${describe(waitMs)}`);
-  return { version: waitVersion, ms: waitMs as number };
+  return { version, ms: ms as number };
 }
+
+const fromDecimal = (x: unknown): unknown => (typeof x === "string" && /^\d{1,400}$/.test(x) ? Number(x) : x);
 
 const describe = (x: unknown): string => (typeof x === "string" ? JSON.stringify(x.length > 40 ? `${x.slice(0, 40)}…` : x) : String(x));

@@ -18,7 +18,6 @@ import type { FastifyInstance, FastifyReply } from "fastify";
 import type { Config } from "../config";
 import { bearerTokenCheck } from "../auth";
 import type { Metrics } from "../metrics";
-import { type LoadShedder, loadShedding } from "../overload";
 import type { Waiters } from "../waiters";
 import { refuse } from "../replies";
 
@@ -27,19 +26,14 @@ export interface KvRoutesOptions {
   config: Config;
   metrics: Metrics;
   waiters: Waiters;
-  shedder: LoadShedder;
 }
 
 type KeyRequest = { Params: { key: string }; Querystring: GetQuery };
 
 const route = KV_ROUTE.replace(/^\/v1/, "");
 
-/**
- * `/v1/kv/:key` GET and PUT (contract §4): load shedding first, then the bearer token when one
- * is configured.
- */
-export async function kvRoutes(app: FastifyInstance, { server, config, metrics, waiters, shedder }: KvRoutesOptions): Promise<void> {
-  app.addHook("onRequest", loadShedding(shedder));
+/** `/v1/kv/:key` GET and PUT (contract §4), behind the bearer token when one is configured. */
+export async function kvRoutes(app: FastifyInstance, { server, config, metrics, waiters }: KvRoutesOptions): Promise<void> {
   if (config.authToken !== undefined) app.addHook("onRequest", bearerTokenCheck(config.authToken));
 
   app.get<KeyRequest>(
@@ -59,11 +53,7 @@ export async function kvRoutes(app: FastifyInstance, { server, config, metrics, 
         const result = await server.get(key);
         return reply.code(statusByErr[result.err]).send(result);
       }
-      const { waitVersion, waitMs } = request.query;
-      const wait = checkWait(
-        waitVersion === undefined ? undefined : Number(waitVersion),
-        waitMs === undefined ? undefined : Number(waitMs),
-      );
+      const wait = checkWait(request.query.waitVersion, request.query.waitMs);
       const result = await waiters.wait(reply, (signal) => server.get(key, { wait, signal }));
       if (result === undefined) return reply; // refused: too many waiting
       return reply.code(statusByErr[result.err]).send(result);
