@@ -11,11 +11,12 @@ export interface Settings {
   /** Where the JSON results go. */
   readonly outPath: string;
   /**
-   * `--baseline <checkout>`: another build of kv's server (`<checkout>/apps/server/dist/main.js`,
-   * e.g. a worktree of main) measured beside this one in S1–S4, so a change to the hot path is
-   * judged before and after in one run.
+   * `--baseline <checkout>`: another build of kv (e.g. a worktree of main) measured beside this
+   * one — its server (`apps/server/dist/main.js`) in S1–S4, its clerk
+   * (`packages/clerk/dist/index.js`) in S7 — so a change to a hot path is judged before and
+   * after in one run.
    */
-  readonly baselineEntry: string | undefined;
+  readonly baseline: { serverEntry: string; clerkEntry: string } | undefined;
   /** Where the full run writes its table (BENCHMARKS.md at the workspace root); undefined: nowhere. */
   readonly markdownPath: string | undefined;
   /** Each system, once, before the measured rounds. */
@@ -72,10 +73,17 @@ export function parseSettings(argv: readonly string[]): Settings {
   });
   // pnpm runs scripts in the package's folder; INIT_CWD is where the command was typed.
   const typedFrom = process.env.INIT_CWD ?? process.cwd();
-  const baselineEntry =
-    values.baseline === undefined ? undefined : join(resolve(typedFrom, values.baseline), "apps", "server", "dist", "main.js");
-  if (baselineEntry !== undefined && !existsSync(baselineEntry))
-    throw new TypeError(`--baseline: ${baselineEntry} does not exist (build that checkout first)`);
+  const baselineRoot = values.baseline === undefined ? undefined : resolve(typedFrom, values.baseline);
+  const baseline =
+    baselineRoot === undefined
+      ? undefined
+      : {
+          serverEntry: join(baselineRoot, "apps", "server", "dist", "main.js"),
+          clerkEntry: join(baselineRoot, "packages", "clerk", "dist", "index.js"),
+        };
+  for (const entry of baseline === undefined ? [] : [baseline.serverEntry, baseline.clerkEntry]) {
+    if (!existsSync(entry)) throw new TypeError(`--baseline: ${entry} does not exist (build that checkout first)`);
+  }
   const quick = values.quick === true;
   const only = values.only === undefined ? undefined : new Set(values.only.split(",").map((s) => s.trim().toUpperCase()));
   const defaultOut = join(PACKAGE_ROOT, "results", quick ? "latest-quick.json" : "latest.json");
@@ -86,8 +94,8 @@ export function parseSettings(argv: readonly string[]): Settings {
     mode: quick ? "quick" : "full",
     only,
     outPath: values.out === undefined ? defaultOut : resolve(typedFrom, values.out),
-    baselineEntry,
-    markdownPath: quick || only !== undefined || baselineEntry !== undefined ? undefined : join(workspaceRoot(), "BENCHMARKS.md"),
+    baseline,
+    markdownPath: quick || only !== undefined || baseline !== undefined ? undefined : join(workspaceRoot(), "BENCHMARKS.md"),
     workers: 64,
     keys: 1_000,
     lockContenders: 8,

@@ -42,7 +42,7 @@ const baselineName = (name: string) => name.replace(/\)$/, ", baseline)");
 
 /** With `--baseline`: kv on `store` from the baseline build, stopped with the scenario. */
 async function serveBaseline(resources: Resources, settings: Settings, store: "memory" | "lmdb"): Promise<Server | undefined> {
-  const entry = settings.baselineEntry;
+  const entry = settings.baseline?.serverEntry;
   return entry === undefined ? undefined : serve(resources, () => startKv(store, { entry }));
 }
 
@@ -215,9 +215,19 @@ export async function s7(settings: Settings): Promise<Omit<ScenarioResult, "seco
   return withResources(async (r) => {
     const kv = await serve(r, () => startKv("memory"));
     const clerk = createClerkClient(r.add(createClerk({ endpoints: [kv.url] }), (c) => c.close()));
+    // With --baseline: the baseline build's clerk, to the same server.
+    const baselineClerk =
+      settings.baseline === undefined
+        ? undefined
+        : createClerkClient(
+            r.add(((await import(settings.baseline.clerkEntry)) as typeof import("@kv/clerk")).createClerk({ endpoints: [kv.url] }), (c) =>
+              c.close(),
+            ),
+          );
     const systems = await measure(settings, [
       putter("raw undici", http(r, kv, settings), kv.pids, settings),
       putter("@kv/clerk", clerk, kv.pids, settings),
+      ...(baselineClerk === undefined ? [] : [putter(BASELINE_CLERK, baselineClerk, kv.pids, settings)]),
     ]);
     return {
       id: "S7",
@@ -230,7 +240,18 @@ export async function s7(settings: Settings): Promise<Omit<ScenarioResult, "seco
           label: "clerk ÷ raw undici, by bench CPU per op",
           value: figuresOf(systems, "raw undici").clientCpuUsPerOp / figuresOf(systems, "@kv/clerk").clientCpuUsPerOp,
         },
+        ...(baselineClerk === undefined
+          ? []
+          : [
+              { label: "clerk ÷ baseline clerk", value: throughputRatio(systems, "@kv/clerk", BASELINE_CLERK) },
+              {
+                label: "clerk ÷ baseline clerk, by bench CPU per op",
+                value: figuresOf(systems, BASELINE_CLERK).clientCpuUsPerOp / figuresOf(systems, "@kv/clerk").clientCpuUsPerOp,
+              },
+            ]),
       ],
     };
   });
 }
+
+const BASELINE_CLERK = "@kv/clerk (baseline)";
