@@ -2,6 +2,7 @@ import { kvPath, MAX_VERSION } from "@kv/rpc";
 import {
   MemoryStore,
   type PutIfVersionResult,
+  type PutOptions,
   type Store,
   type StoredEntry,
   StoreOutcomeUnknownError,
@@ -20,9 +21,15 @@ class RecordingStore implements Store {
     return this.#memory.get(key);
   }
 
-  putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult> {
+  putIfVersion(
+    key: string,
+    value: string,
+    expectedVersion: number,
+    putId: string | undefined,
+    options?: PutOptions,
+  ): Promise<PutIfVersionResult> {
     this.puts.push({ key, expectedVersion, putId });
-    return this.#memory.putIfVersion(key, value, expectedVersion, putId);
+    return this.#memory.putIfVersion(key, value, expectedVersion, putId, options);
   }
 
   close(): Promise<void> {
@@ -75,12 +82,38 @@ describe("GET and PUT /v1/kv/:key (contract §2 over HTTP)", () => {
     expect(await kv.get("row-conflict")).toMatchObject({ body: { err: "OK", value: "a", version: 1 } });
   });
 
-  it("answers a retried put with the same id OK, unless another write came in between", async () => {
+  it("answers a retried put with the same id OK, even once another write came in between (its completion record)", async () => {
     expect(await kv.put("row-id", { value: "a", version: 0, id: "put-1" })).toMatchObject({ body: { err: "OK", version: 1 } });
-    expect(await kv.put("row-id", { value: "a", version: 0, id: "put-1" })).toMatchObject({ status: 200, body: { err: "OK", version: 1 } });
+    const retry = { value: "a", version: 0, id: "put-1", retry: true };
+    expect(await kv.put("row-id", retry)).toMatchObject({ status: 200, body: { err: "OK", version: 1 } });
     await kv.put("row-id", { value: "b", version: 1, id: "put-2" });
-    expect(await kv.put("row-id", { value: "a", version: 0, id: "put-1" })).toMatchObject({ status: 409, body: { err: "ErrVersion" } });
+    expect(await kv.put("row-id", retry)).toMatchObject({ status: 200, body: { err: "OK", version: 1 } });
     expect(await kv.get("row-id")).toMatchObject({ body: { value: "b", version: 2 } });
+  });
+
+  it("answers a retry refused once ErrVersion for good: its first try, arriving later, does not apply", async () => {
+    await kv.put("row-refused", { value: "a", version: 0 });
+    expect(await kv.put("row-refused", { value: "x", version: 2, id: "put-x", retry: true })).toMatchObject({ status: 409 });
+    await kv.put("row-refused", { value: "b", version: 1 });
+    expect(await kv.put("row-refused", { value: "x", version: 2, id: "put-x" })).toMatchObject({
+      status: 409,
+      body: { err: "ErrVersion" },
+    });
+    expect(await kv.get("row-refused")).toMatchObject({ body: { value: "b", version: 2 } });
+  });
+
+  it("refuses an id used for another write with 400, changing nothing", async () => {
+    await kv.put("row-reused", { value: "a", version: 0, id: "put-once" });
+    const reply = await kv.put("row-reused", { value: "b", version: 1, id: "put-once" });
+    expect(reply).toMatchObject({ status: 400, body: { err: "ErrBadRequest", message: expect.stringContaining("ids are never reused") } });
+    expect(await kv.get("row-reused")).toMatchObject({ body: { value: "a", version: 1 } });
+  });
+
+  it("refuses a retry flag that is not a boolean with 400", async () => {
+    expect(await kv.put("row-flag", { value: "a", version: 0, retry: "yes" })).toMatchObject({
+      status: 400,
+      body: { err: "ErrBadRequest" },
+    });
   });
 
   it("lets exactly one of 100 concurrent puts on the same key and version win", async () => {

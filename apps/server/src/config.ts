@@ -1,4 +1,5 @@
 import { parseArgs } from "node:util";
+import { DEFAULT_ID_RETENTION_MS, DEFAULT_MAX_IDS } from "@kv/server";
 
 /** Where the server keeps its data (`KV_STORE`). */
 export type StoreConfig =
@@ -26,6 +27,10 @@ export interface Config {
   readonly maxInFlight: number;
   /** Long-poll reads waiting at once at most; more are refused 503. */
   readonly maxWaiters: number;
+  /** How long a write's completion record is kept (contract §2). */
+  readonly idRetentionMs: number;
+  /** Completion records at most; past it, writes that need a new one are refused 503. */
+  readonly maxIds: number;
   /** Past this event-loop delay `/v1` requests are refused 503 until it recovers; 0: no limit. */
   readonly maxEventLoopDelayMs: number;
   /** A request's headers must have arrived within this (slow-loris headers). */
@@ -87,6 +92,8 @@ const SETTINGS = {
   "max-connections": "KV_MAX_CONNECTIONS",
   "max-in-flight": "KV_MAX_IN_FLIGHT",
   "max-waiters": "KV_MAX_WAITERS",
+  "id-retention-ms": "KV_ID_RETENTION_MS",
+  "max-ids": "KV_MAX_IDS",
   "max-event-loop-delay-ms": "KV_MAX_EVENT_LOOP_DELAY_MS",
   "headers-timeout-ms": "KV_HEADERS_TIMEOUT_MS",
   "request-timeout-ms": "KV_REQUEST_TIMEOUT_MS",
@@ -151,6 +158,8 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
   const maxConnections = integer("max-connections", DEFAULT_MAX_CONNECTIONS, 1, 1_000_000);
   const maxInFlight = integer("max-in-flight", DEFAULT_MAX_IN_FLIGHT, 1, 1_000_000);
   const maxWaiters = integer("max-waiters", DEFAULT_MAX_WAITERS, 0, 1_000_000);
+  const idRetentionMs = integer("id-retention-ms", DEFAULT_ID_RETENTION_MS, 1, 86_400_000);
+  const maxIds = integer("max-ids", DEFAULT_MAX_IDS, 1, 100_000_000);
   const maxEventLoopDelayMs = integer("max-event-loop-delay-ms", DEFAULT_MAX_EVENT_LOOP_DELAY_MS, 0, 60_000);
   const headersTimeoutMs = integer("headers-timeout-ms", DEFAULT_HEADERS_TIMEOUT_MS, 1, 3_600_000);
   const requestTimeoutMs = integer("request-timeout-ms", DEFAULT_REQUEST_TIMEOUT_MS, 1, 3_600_000);
@@ -178,6 +187,8 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
     maxConnections,
     maxInFlight,
     maxWaiters,
+    idRetentionMs,
+    maxIds,
     maxEventLoopDelayMs,
     headersTimeoutMs,
     requestTimeoutMs,

@@ -19,6 +19,8 @@ import {
   type Entry,
   type PutBody,
   modelPut,
+  recordedReply,
+  type Records,
   keyOf,
   isValidKey,
   putBodyOf,
@@ -72,6 +74,7 @@ async function runOps(ops: Op[]): Promise<void> {
   const kv = await startTestServer(ENV, store);
   try {
     const model = new Map<string, Entry>();
+    const records: Records = new Map();
     const touched = new Set<string>();
     for (const op of ops) {
       const target = keyOf(op.path);
@@ -110,7 +113,14 @@ async function runOps(ops: Op[]): Promise<void> {
         !body.toString().startsWith("\ufeff");
       const isCanonical =
         isPlainPath && op.headers === null && ((op.method === "GET" && sent.body === undefined) || (op.method === "PUT" && isPlainPut));
-      if (isCanonical)
+      // An id recorded for another write is refused 400, changing nothing.
+      const isReused = isCanonical && op.method === "PUT" && recordedReply(records, key as string, put as PutBody) === "reused";
+      if (isReused)
+        expect(reply, `the reply to ${what}, whose id was used for another write`).toMatchObject({
+          status: 400,
+          body: { err: "ErrBadRequest" },
+        });
+      else if (isCanonical)
         expect(isContractOutcome(reply), `a contract outcome for ${what}, got ${reply.status} ${JSON.stringify(reply.body)}`).toBe(true);
 
       let wrote: string[] = [];
@@ -123,7 +133,7 @@ async function runOps(ops: Op[]): Promise<void> {
           `unknown query parameters in ${what}`,
         ).toEqual([]);
         const before = model.get(key as string);
-        const expected = modelPut(model, key as string, put as PutBody);
+        const expected = modelPut(model, records, key as string, put as PutBody);
         expect(reply.body, `reply to ${what}`).toEqual(expected);
         if (model.get(key as string) !== before) wrote = [key as string];
       } else if (op.method === "GET" && isContractOutcome(reply)) {

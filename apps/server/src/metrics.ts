@@ -92,7 +92,8 @@ export class Metrics {
 
 /**
  * `store`, with each call timed into `kv_store_operation_duration_seconds` under `kind`. Outcomes:
- * `found`/`absent` for get, `applied`/`refused` for putIfVersion, and `error`.
+ * `found`/`absent` for get, `applied`/`refused`/`recorded` (answered from a completion record) for
+ * putIfVersion, and `error`. Adds `kv_completion_records` for a store that keeps them.
  */
 export function measureStore(store: Store, kind: string, metrics: Metrics): Store {
   const time = async <T>(operation: string, call: () => Promise<T>, outcomeOf: (result: T) => string): Promise<T> => {
@@ -113,15 +114,26 @@ export function measureStore(store: Store, kind: string, metrics: Metrics): Stor
         () => store.get(key),
         (entry: StoredEntry | undefined) => (entry === undefined ? "absent" : "found"),
       ),
-    putIfVersion: (key, value, expectedVersion, putId) =>
+    putIfVersion: (key, value, expectedVersion, putId, options) =>
       time(
         "putIfVersion",
-        () => store.putIfVersion(key, value, expectedVersion, putId),
-        (r: PutIfVersionResult) => (r.ok ? "applied" : "refused"),
+        () => store.putIfVersion(key, value, expectedVersion, putId, options),
+        (r: PutIfVersionResult) => (r.ok === undefined ? "recorded" : r.ok ? "applied" : "refused"),
       ),
     close: () => store.close(),
   };
-  const { isReady, watch } = store;
+  const { isReady, watch, completionRecords } = store;
+  if (completionRecords !== undefined) {
+    measured.completionRecords = () => completionRecords.call(store);
+    new Gauge({
+      name: "kv_completion_records",
+      help: "Completion records the store keeps now (KV_ID_RETENTION_MS, KV_MAX_IDS)",
+      registers: [metrics.registry],
+      collect() {
+        this.set(completionRecords.call(store));
+      },
+    });
+  }
   if (isReady !== undefined) measured.isReady = () => isReady.call(store);
   if (watch !== undefined) measured.watch = (key, onChange) => watch.call(store, key, onChange);
   return measured;

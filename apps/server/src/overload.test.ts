@@ -2,7 +2,7 @@ import { once } from "node:events";
 import { connect } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createClerk } from "@kv/clerk";
-import { MemoryStore, type PutIfVersionResult, type Store, type StoredEntry } from "@kv/server";
+import { MemoryStore, type PutIfVersionResult, type PutOptions, type Store, type StoredEntry } from "@kv/server";
 import { describe, expect, it, onTestFinished } from "vitest";
 import { startTestServer } from "./test-support/testing";
 
@@ -14,10 +14,16 @@ class SlowStore implements Store {
   get(key: string): Promise<StoredEntry | undefined> {
     return this.#memory.get(key);
   }
-  async putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult> {
+  async putIfVersion(
+    key: string,
+    value: string,
+    expectedVersion: number,
+    putId: string | undefined,
+    options?: PutOptions,
+  ): Promise<PutIfVersionResult> {
     this.putKeys.push(key);
     await sleep(this.delayMs);
-    return this.#memory.putIfVersion(key, value, expectedVersion, putId);
+    return this.#memory.putIfVersion(key, value, expectedVersion, putId, options);
   }
   close(): Promise<void> {
     return this.#memory.close();

@@ -1,4 +1,4 @@
-import type { GetResult, PutResult } from "@kv/rpc";
+import { type GetResult, NetworkError, type PutRequest, type PutResult, type Transport } from "@kv/rpc";
 import { KVServer, MemoryStore } from "@kv/server";
 import { assertLinearizable, type Op, recordHistory, SimNetwork, type SimNetworkOptions, testSeed } from "@kv/testkit";
 import { describe, expect, it } from "vitest";
@@ -99,7 +99,7 @@ describe("Clerk.put outcomes (contract §3)", () => {
     expect(net.stats.lostReplies).toBeGreaterThan(0);
   });
 
-  it("returns ErrMaybe when a try's reply was lost and a retry meets ErrVersion", async () => {
+  it("answers OK from the put's completion record when its reply was lost and another write came in between", async () => {
     const { net, clerks } = simulate(3, { replyLoss: 1 }, 2);
     const [mine, other] = clerks as [Clerk, Clerk];
     const put = mine.put("k", "mine", 0); // lands at version 1; its reply is lost
@@ -107,9 +107,40 @@ describe("Clerk.put outcomes (contract §3)", () => {
     const theirs = other.put("k", "theirs", 1); // lands at version 2 before our retry
     await net.sleep(20);
     net.setFaults({ replyLoss: 0 });
-    expect(await put).toEqual({ err: "ErrMaybe" });
+    expect(await put).toEqual({ err: "OK", version: 1 });
     expect(await theirs).toEqual({ err: "OK", version: 2 });
     expect(await mine.get("k")).toEqual({ err: "OK", value: "theirs", version: 2 });
+  });
+
+  it("returns ErrMaybe when a try's reply was lost and a retry meets ErrVersion, against a server without records", async () => {
+    const net = new SimNetwork(new KVServer(new MemoryStore({ retentionMs: 0 })), { seed: 3, replyLoss: 1 });
+    const [mine, other] = [0, 1].map((c) => new Clerk(net.transport(c), { clock: net, attemptTimeoutMs: 100 })) as [Clerk, Clerk];
+    const put = mine.put("k", "mine", 0);
+    await net.sleep(20);
+    const theirs = other.put("k", "theirs", 1);
+    await net.sleep(20);
+    net.setFaults({ replyLoss: 0 });
+    expect(await put).toEqual({ err: "ErrMaybe" });
+    expect(await theirs).toEqual({ err: "OK", version: 2 });
+  });
+
+  it("marks every try after the first as a retry, with the same id", async () => {
+    const { net } = simulate(4);
+    const inner = net.transport(0);
+    const sent: PutRequest[] = [];
+    let failures = 2;
+    const transport: Transport = {
+      get: (key, options) => inner.get(key, options),
+      put: (request, options) => {
+        sent.push(request);
+        return failures-- > 0 ? Promise.reject(new NetworkError("lost")) : inner.put(request, options);
+      },
+      close: () => inner.close(),
+    };
+    const clerk = new Clerk(transport, { clock: net, attemptTimeoutMs: 100 });
+    expect(await clerk.put("k", "v", 0)).toEqual({ err: "OK", version: 1 });
+    expect(sent.map((r) => r.retry)).toEqual([undefined, true, true]);
+    expect(new Set(sent.map((r) => r.id)).size).toBe(1);
   });
 
   it("never returns ErrMaybe for keys with one writer each, at 30 % reply loss", async () => {

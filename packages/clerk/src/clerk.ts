@@ -114,10 +114,12 @@ export class Clerk {
     checkValue(value);
     checkVersion(version);
     const request = { key, value, version, id: randomUUID() };
+    const retried = { ...request, retry: true };
+    let tries = 0;
     let isAmbiguous = false;
     const result = await this.#retry(
       options.signal,
-      (call) => this.#transport.put(request, call),
+      (call) => this.#transport.put(tries++ === 0 ? request : retried, call),
       () => {
         isAmbiguous = true;
       },

@@ -73,8 +73,8 @@ export class HttpTransport implements Transport {
   }
 
   async put(request: PutRequest, options?: TransportCallOptions): Promise<PutResult> {
-    const { key, value, version, id } = request;
-    const reply = await this.#send("PUT", key, JSON.stringify({ value, version, id }), options);
+    const { key, value, version, id, retry } = request;
+    const reply = await this.#send("PUT", key, JSON.stringify({ value, version, id, retry }), options);
     const { body } = reply;
     if (says(reply, "OK") && typeof body.version === "number") return { err: "OK", version: body.version };
     if (says(reply, "ErrNoKey")) return { err: "ErrNoKey" };

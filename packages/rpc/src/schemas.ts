@@ -18,6 +18,9 @@ export const PutBody = Type.Object(
         description: "fresh for each put, the same on its retries: lets the server recognise a retry",
       }),
     ),
+    retry: Type.Optional(
+      Type.Boolean({ description: "true on every try after the first: a refusal of it is recorded, so no earlier try applies later" }),
+    ),
   },
   closed,
 );

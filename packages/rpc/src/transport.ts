@@ -6,6 +6,8 @@ export interface PutRequest {
   version: number;
   /** The put id (contract §2): the same on every retry of one put. */
   id?: string;
+  /** A try after the first of the same put (contract §2). */
+  retry?: boolean;
 }
 
 export interface TransportCallOptions {

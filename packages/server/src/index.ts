@@ -5,7 +5,18 @@ export {
   type Store,
   type StoredEntry,
   type PutIfVersionResult,
+  type PutOptions,
   StoreUnavailableError,
   StoreOutcomeUnknownError,
   StoreOpenError,
 } from "./store";
+export {
+  CompletionRecords,
+  type CompletionRecord,
+  type CompletionRecordOptions,
+  type PutDecision,
+  DEFAULT_ID_RETENTION_MS,
+  DEFAULT_MAX_IDS,
+  refusalOf,
+  replayOf,
+} from "./completion-records";

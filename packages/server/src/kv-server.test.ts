@@ -106,11 +106,52 @@ describe("KVServer.put with put ids", () => {
     expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2 });
   });
 
-  it("answers ErrVersion to a retry once another write came in between", async () => {
+  it("answers a retry the recorded reply even once another write came in between", async () => {
     const kv = newServer();
     await kv.put("k", "a", 0, "id-1");
     await kv.put("k", "b", 1, "id-2");
-    expect(await kv.put("k", "a", 0, "id-1")).toEqual({ err: "ErrVersion" });
+    expect(await kv.put("k", "a", 0, "id-1", { isRetry: true })).toEqual({ err: "OK", version: 1 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2 });
+  });
+
+  it("answers a retry refused once the same refusal for good, even when the key comes to its version", async () => {
+    const kv = newServer();
+    await kv.put("k", "a", 0, "id-1");
+    expect(await kv.put("k", "x", 2, "id-x", { isRetry: true })).toEqual({ err: "ErrVersion" });
+    await kv.put("k", "b", 1, "id-2");
+    expect(await kv.put("k", "x", 2, "id-x")).toEqual({ err: "ErrVersion" }); // its first try, arriving late
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2 });
+  });
+
+  it("refuses an id recorded for another write with InvalidArgumentError", async () => {
+    const kv = newServer();
+    await kv.put("k", "a", 0);
+    await kv.put("k", "b", 1, "id-2");
+    await expect(kv.put("k", "b", 0, "id-2")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+  });
+});
+
+describe("KVServer.put with put ids, without a record (expired at once)", () => {
+  const withoutRecords = () => new KVServer(new MemoryStore({ retentionMs: 0 }));
+
+  it("answers OK to a retry whose put made the current version", async () => {
+    const kv = withoutRecords();
+    await kv.put("k", "a", 0, "id-1");
+    expect(await kv.put("k", "a", 0, "id-1", { isRetry: true })).toEqual({ err: "OK", version: 1 });
+  });
+
+  it("answers ErrVersion to a retry once another write came in between", async () => {
+    const kv = withoutRecords();
+    await kv.put("k", "a", 0, "id-1");
+    await kv.put("k", "b", 1, "id-2");
+    expect(await kv.put("k", "a", 0, "id-1", { isRetry: true })).toEqual({ err: "ErrVersion" });
+  });
+
+  it("matches the id only at the version right below the current one", async () => {
+    const kv = withoutRecords();
+    await kv.put("k", "a", 0);
+    await kv.put("k", "b", 1, "id-2");
+    expect(await kv.put("k", "b", 0, "id-2")).toEqual({ err: "ErrVersion" });
   });
 
   it("answers ErrVersion to a put with a different id or none at the stale version", async () => {
@@ -124,13 +165,6 @@ describe("KVServer.put with put ids", () => {
     const kv = newServer();
     await kv.put("k", "a", 0);
     expect(await kv.put("k", "a", 0)).toEqual({ err: "ErrVersion" });
-  });
-
-  it("matches the id only at the version right below the current one", async () => {
-    const kv = newServer();
-    await kv.put("k", "a", 0);
-    await kv.put("k", "b", 1, "id-2");
-    expect(await kv.put("k", "b", 0, "id-2")).toEqual({ err: "ErrVersion" });
   });
 });
 
@@ -165,9 +199,22 @@ describe("KVServer argument checks", () => {
 });
 
 type Entry = { value: string; version: number; id: string | undefined };
+type Recorded = { key: string; version: number; reply: ServerPutResult };
 
-/** The contract §2 table, written as plainly as it reads. */
-function modelPut(model: Map<string, Entry>, o: { key: string; value: string; version: number; id?: string }): ServerPutResult {
+/** The contract §2 table and its completion records, written as plainly as they read; "reused": an id recorded for another write. */
+function modelPut(
+  model: Map<string, Entry>,
+  records: Map<string, Recorded>,
+  o: { key: string; value: string; version: number; id?: string | undefined; isRetry: boolean },
+): ServerPutResult | "reused" {
+  const record = o.id === undefined ? undefined : records.get(o.id);
+  if (record !== undefined) return record.key === o.key && record.version === o.version ? record.reply : "reused";
+  const reply = tablePut(model, o);
+  if (o.id !== undefined && (reply.err === "OK" || o.isRetry)) records.set(o.id, { key: o.key, version: o.version, reply });
+  return reply;
+}
+
+function tablePut(model: Map<string, Entry>, o: { key: string; value: string; version: number; id?: string | undefined }): ServerPutResult {
   const current = model.get(o.key);
   if (current === undefined) {
     if (o.version !== 0) return { err: "ErrNoKey" };
@@ -183,22 +230,44 @@ function modelPut(model: Map<string, Entry>, o: { key: string; value: string; ve
 }
 
 describe("KVServer against a model", () => {
-  it("agrees with the contract's table on every sequence of gets and puts", async () => {
+  it("agrees with the contract's table and its completion records on every sequence of gets and puts", async () => {
     const op = fc.record({
       key: fc.constantFrom("a", "b", "__proto__"),
+      value: fc.string({ maxLength: 4 }),
+      version: fc.nat(4),
+      id: fc.option(fc.constantFrom("p", "q", "r"), { nil: undefined }),
+      isRetry: fc.boolean(),
+    });
+    await fc.assert(
+      fc.asyncProperty(fc.array(op, { maxLength: 40 }), async (ops) => {
+        const kv = newServer();
+        const model = new Map<string, Entry>();
+        const records = new Map<string, Recorded>();
+        for (const o of ops) {
+          const expected = modelPut(model, records, o);
+          const put = kv.put(o.key, o.value, o.version, o.id, { isRetry: o.isRetry });
+          if (expected === "reused") await expect(put).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+          else expect(await put).toEqual(expected);
+          const m = model.get(o.key);
+          expect(await kv.get(o.key)).toEqual(m ? { err: "OK", value: m.value, version: m.version } : { err: "ErrNoKey" });
+        }
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it("agrees with the contract's table alone when records expire at once", async () => {
+    const op = fc.record({
+      key: fc.constantFrom("a", "b"),
       value: fc.string({ maxLength: 4 }),
       version: fc.nat(4),
       id: fc.option(fc.constantFrom("p", "q", "r"), { nil: undefined }),
     });
     await fc.assert(
       fc.asyncProperty(fc.array(op, { maxLength: 40 }), async (ops) => {
-        const kv = newServer();
+        const kv = new KVServer(new MemoryStore({ retentionMs: 0 }));
         const model = new Map<string, Entry>();
-        for (const o of ops) {
-          expect(await kv.put(o.key, o.value, o.version, o.id)).toEqual(modelPut(model, o));
-          const m = model.get(o.key);
-          expect(await kv.get(o.key)).toEqual(m ? { err: "OK", value: m.value, version: m.version } : { err: "ErrNoKey" });
-        }
+        for (const o of ops) expect(await kv.put(o.key, o.value, o.version, o.id, { isRetry: true })).toEqual(tablePut(model, o));
       }),
       { numRuns: 300 },
     );

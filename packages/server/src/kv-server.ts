@@ -1,4 +1,5 @@
 import { checkKey, checkPutId, checkValue, checkVersion, checkWait, type GetResult, MAX_VERSION, type WaitOptions } from "@kv/rpc";
+import { refusalOf } from "./completion-records";
 import type { Store } from "./store";
 
 // A store that cannot say when a key changes is read again this often while someone waits.
@@ -90,12 +91,15 @@ export class KVServer {
   /**
    * Writes `value` when `version` is the key's current version (0: the key is absent) and
    * answers the new version; otherwise `ErrVersion` (the key exists) or `ErrNoKey`.
-   * A put whose `id` made the key's current version, and whose `version` is one less, is a
-   * retry of that put: it is answered `OK` with the current version and changes nothing.
+   * A put with an `id` is decided once (contract §2): on a store that keeps completion records,
+   * every try of it is answered the first decision, whatever came in between; `isRetry` marks a
+   * try after the first, whose refusal is recorded too. Without a record, a put whose `id` made
+   * the key's current version, and whose `version` is one less, is a retry of that put: it is
+   * answered `OK` with the current version and changes nothing.
    * Rejects `InvalidArgumentError` for a bad key, value, version or id (values and ids must be
-   * well-formed Unicode).
+   * well-formed Unicode), or an id recorded for another write.
    */
-  async put(key: string, value: string, version: number, id?: string): Promise<ServerPutResult> {
+  async put(key: string, value: string, version: number, id?: string, options: { isRetry?: boolean } = {}): Promise<ServerPutResult> {
     checkKey(key);
     checkValue(value);
     checkVersion(version);
@@ -104,13 +108,9 @@ export class KVServer {
       // A key at the largest version is full: the next version would not be a safe integer.
       return (await this.#store.get(key)) === undefined ? { err: "ErrNoKey" } : { err: "ErrVersion" };
     }
-    const r = await this.#store.putIfVersion(key, value, version, id);
+    const r = await this.#store.putIfVersion(key, value, version, id, options);
+    if ("recorded" in r) return r.recorded;
     if (r.ok) return { err: "OK", version: r.version };
-    const { current } = r;
-    if (current === undefined) return { err: "ErrNoKey" };
-    if (id !== undefined && current.putId === id && current.version === version + 1) {
-      return { err: "OK", version: current.version };
-    }
-    return { err: "ErrVersion" };
+    return refusalOf(r.current, version, id);
   }
 }

@@ -1,30 +1,58 @@
 import { KvError } from "@kv/rpc";
+import { type CompletionRecordOptions, CompletionRecords, refusalOf, replayOf } from "./completion-records";
 import { KeyWatchers } from "./key-watchers";
-import type { PutIfVersionResult, Store, StoredEntry } from "./store";
+import type { PutIfVersionResult, PutOptions, Store, StoredEntry } from "./store";
 
 /**
  * A `Store` in this process's memory: fast, and lost when the process ends. Each call runs to
- * completion without yielding, which makes `putIfVersion` atomic.
+ * completion without yielding, which makes `putIfVersion` atomic, with its completion record.
  */
 export class MemoryStore implements Store {
   // A Map, not an object: keys such as `__proto__` and `constructor` are ordinary keys.
   readonly #entries = new Map<string, StoredEntry>();
   readonly #watchers = new KeyWatchers();
+  readonly #records: CompletionRecords;
   #isClosed = false;
+
+  /** `options`: how long completion records are kept, and how many at most. */
+  constructor(options: CompletionRecordOptions = {}) {
+    this.#records = new CompletionRecords(options);
+  }
 
   async get(key: string): Promise<StoredEntry | undefined> {
     this.#assertOpen();
     return this.#entries.get(key);
   }
 
-  async putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult> {
+  async putIfVersion(
+    key: string,
+    value: string,
+    expectedVersion: number,
+    putId: string | undefined,
+    options: PutOptions = {},
+  ): Promise<PutIfVersionResult> {
     this.#assertOpen();
+    if (putId !== undefined) {
+      const record = this.#records.get(putId);
+      if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId) };
+    }
     const current = this.#entries.get(key);
-    if ((current?.version ?? 0) !== expectedVersion) return { ok: false, current };
+    if ((current?.version ?? 0) !== expectedVersion) {
+      if (putId !== undefined && options.isRetry === true) {
+        this.#records.add(putId, key, expectedVersion, refusalOf(current, expectedVersion, putId));
+      }
+      return { ok: false, current };
+    }
+    if (putId !== undefined) this.#records.assertRoom();
     const version = expectedVersion + 1;
     this.#entries.set(key, putId === undefined ? { value, version } : { value, version, putId });
+    if (putId !== undefined) this.#records.add(putId, key, expectedVersion, { err: "OK", version });
     this.#watchers.notify(key);
     return { ok: true, version };
+  }
+
+  completionRecords(): number {
+    return this.#records.size;
   }
 
   watch(key: string, onChange: () => void): () => void {

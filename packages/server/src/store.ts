@@ -1,4 +1,5 @@
 import { KvError } from "@kv/rpc";
+import type { PutDecision } from "./completion-records";
 
 /** What a store keeps per key: the value, its version, and the id of the put that wrote it. */
 export interface StoredEntry {
@@ -7,10 +8,21 @@ export interface StoredEntry {
   readonly putId?: string | undefined;
 }
 
-/** The outcome of {@link Store.putIfVersion}. */
+/**
+ * The outcome of {@link Store.putIfVersion}: applied now, refused now (with the entry that
+ * refused it), or decided before under the same id (its completion record's decision; nothing
+ * changed now).
+ */
 export type PutIfVersionResult =
   | { readonly ok: true; readonly version: number }
-  | { readonly ok: false; readonly current: StoredEntry | undefined };
+  | { readonly ok: false; readonly current: StoredEntry | undefined }
+  | { readonly ok?: undefined; readonly recorded: PutDecision };
+
+/** What a put tells the store besides key, value and version. */
+export interface PutOptions {
+  /** A try after the first of the same write (contract §2): its refusal is recorded, so no earlier try applies later. */
+  readonly isRetry?: boolean | undefined;
+}
 
 /**
  * Where KVServer keeps its data. Every method is atomic on its own; `putIfVersion` is the one
@@ -25,9 +37,24 @@ export interface Store {
    * `value` at version `expectedVersion + 1` together with `putId`, and resolve
    * `{ ok: true, version }`. Otherwise change nothing and resolve `{ ok: false, current }` with
    * the entry as it was at that same moment (`undefined`: absent).
+   *
+   * A store that keeps completion records (contract §2; {@link completionRecords} says so)
+   * decides each `putId` once: a put whose id has a record resolves `{ recorded }` and changes
+   * nothing; one that applies writes its record in the same atomic step; one refused with
+   * `options.isRetry` records the refusal ({@link refusalOf}) in that step too. It rejects
+   * `InvalidArgumentError` for an id recorded for another write, and `StoreUnavailableError`
+   * (nothing applied) when a new record is needed and `maxIds` are kept.
    * Rejects `KvError` `ERR_KV_CLOSED` after `close()`.
    */
-  putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult>;
+  putIfVersion(
+    key: string,
+    value: string,
+    expectedVersion: number,
+    putId: string | undefined,
+    options?: PutOptions,
+  ): Promise<PutIfVersionResult>;
+  /** How many completion records the store keeps now; absent on a store that keeps none. */
+  completionRecords?(): number;
   /**
    * Calls `onChange` after a write to `key` commits (it may also call it when nothing changed);
    * returns the function that stops it. What long-poll reads wait on: a write through any server

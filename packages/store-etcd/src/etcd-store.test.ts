@@ -22,7 +22,8 @@ afterAll(() => etcd?.stop());
 /** A store of its own: a fresh prefix in the shared cluster. */
 const storeWithPrefix = (prefix = `test-${randomUUID()}/`) => openEtcdStore({ endpoints: etcd.endpoints, prefix });
 
-describeStoreConformance("EtcdStore", () => storeWithPrefix());
+// Completion records on etcd are the next step of issue 15: until then, the old rule only.
+describeStoreConformance("EtcdStore", () => storeWithPrefix(), { keepsCompletionRecords: false });
 
 describe("EtcdStore", () => {
   it("keeps deployments with different prefixes apart in one cluster", async () => {

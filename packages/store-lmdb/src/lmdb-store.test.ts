@@ -5,6 +5,7 @@ import { join } from "node:path";
 import type { Store } from "@kv/server";
 import { describeStoreConformance } from "@kv/testkit";
 import { afterAll, describe, expect, it } from "vitest";
+import { open } from "lmdb";
 import { LmdbStore, openLmdbStore } from "./lmdb-store";
 
 const root = mkdtempSync(join(tmpdir(), "kv-lmdb-test-"));
@@ -16,9 +17,9 @@ const freshDir = () => join(root, `store.${dirs++}`);
 const paths = new WeakMap<Store, string>();
 describeStoreConformance(
   "LmdbStore",
-  async () => {
+  async (records) => {
     const path = freshDir();
-    const store = await openLmdbStore({ path });
+    const store = await openLmdbStore({ path, ...records });
     paths.set(store, path);
     return store;
   },
@@ -35,6 +36,34 @@ describe("LmdbStore.close", () => {
     const again = await openLmdbStore({ path });
     for (let i = 0; i < 50; i++) expect(await again.get(`k${i}`)).toEqual({ value: "v", version: 1 });
     await again.close();
+  });
+});
+
+describe("LmdbStore completion records", () => {
+  /** The keys of completion records on disk (0xFE + id), read by lmdb itself. */
+  const recordsOnDisk = (path: string) => {
+    const env = open({ path, noSubdir: false, useVersions: true, keyEncoding: "binary", encoding: "msgpack", readOnly: true });
+    try {
+      return [...env.getKeys({ start: Buffer.from([0xfe]), end: Buffer.from([0xff]) })].map((k) => (k as Buffer).toString("utf8", 1));
+    } finally {
+      void env.close();
+    }
+  };
+
+  it("keeps a record on disk with its put, and removes it there once it expired", async () => {
+    const path = freshDir();
+    const store = await openLmdbStore({ path, retentionMs: 300 });
+    expect(await store.putIfVersion("k", "v", 0, "kept")).toEqual({ ok: true, version: 1 });
+    await store.close();
+    expect(recordsOnDisk(path)).toEqual(["kept"]);
+
+    // Reopened, it knows the record's age: answered from it now, expired after the retention.
+    const again = await openLmdbStore({ path, retentionMs: 300 });
+    expect(await again.putIfVersion("k", "v", 0, "kept", { isRetry: true })).toEqual({ recorded: { err: "OK", version: 1 } });
+    await new Promise((resolve) => setTimeout(resolve, 1_500)); // the retention, and a sweep
+    expect(again.completionRecords()).toBe(0);
+    await again.close();
+    expect(recordsOnDisk(path)).toEqual([]);
   });
 });
 

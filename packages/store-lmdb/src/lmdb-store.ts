@@ -3,11 +3,24 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, stat
 import { createServer, type Server } from "node:net";
 import { join, resolve } from "node:path";
 import { hasCode, KvError } from "@kv/rpc";
-import { KeyWatchers, type PutIfVersionResult, type Store, StoreOpenError, type StoredEntry } from "@kv/server";
+import {
+  type CompletionRecord,
+  type CompletionRecordOptions,
+  CompletionRecords,
+  KeyWatchers,
+  type PutIfVersionResult,
+  type PutOptions,
+  refusalOf,
+  replayOf,
+  type Store,
+  StoreOpenError,
+  type StoredEntry,
+  StoreUnavailableError,
+} from "@kv/server";
 import { open, type RootDatabase } from "lmdb";
 
-/** `openLmdbStore`'s options. */
-export interface LmdbStoreOptions {
+/** `openLmdbStore`'s options; besides the path, how long completion records are kept and how many at most. */
+export interface LmdbStoreOptions extends CompletionRecordOptions {
   /** The data directory; created when absent. Its name may contain dots. */
   path: string;
 }
@@ -21,6 +34,24 @@ interface Record {
   /** The key itself, kept only when the LMDB key is its digest (see `lmdbKey`). */
   k?: string;
 }
+
+/** The completion record of a put that applied, kept on disk with the write it records. */
+interface AppliedRecord {
+  /** The key, and the version the put named. */
+  k: string;
+  n: number;
+  /** The version it made. */
+  v: number;
+  /** When, on the store's clock. */
+  t: number;
+}
+
+// Completion records live in the same LMDB database as the keys, under 0xFE + the id: no UTF-8
+// string starts with 0xFE, so they never meet a key. (Not a named database: LMDB keeps the names
+// of named databases as keys of the main one, where a kv key of the same name would collide.)
+const RECORD_MARK = 0xfe;
+// Expired records are removed this often, in the background, as ordinary batched writes.
+const SWEEP_INTERVAL_MS = 1_000;
 
 // LMDB keys are at most 1978 bytes; kv keys may be longer (4096 bytes). A longer key is stored
 // under 0xFF + its SHA-256: no UTF-8 string starts with the byte 0xFF, so the two never meet.
@@ -39,11 +70,21 @@ export class LmdbStore implements Store {
   readonly #guard: Server;
   // One process per directory (see holdExclusively): this process sees every write.
   readonly #watchers = new KeyWatchers();
+  // Refusals are recorded in memory only (contract §2): no try outlives this process, the only one on the directory.
+  readonly #refusals: CompletionRecords;
+  // The applied records on disk, id → when, oldest first: what expiry walks and the cap counts.
+  readonly #applied: Map<string, number>;
+  // Puts with an id being decided: a second try of one waits for the first, so each id is decided once.
+  readonly #deciding = new Map<string, Promise<PutIfVersionResult>>();
+  readonly #sweeper: NodeJS.Timeout;
   #closed: Promise<void> | undefined;
 
-  private constructor(db: RootDatabase<Record, Buffer>, guard: Server) {
+  private constructor(db: RootDatabase<Record, Buffer>, guard: Server, options: CompletionRecordOptions) {
     this.#db = db;
     this.#guard = guard;
+    this.#refusals = new CompletionRecords(options);
+    this.#applied = loadAppliedRecords(db);
+    this.#sweeper = setInterval(() => this.#sweep(), SWEEP_INTERVAL_MS).unref();
   }
 
   /** @internal Use {@link openLmdbStore}. */
@@ -67,7 +108,7 @@ export class LmdbStore implements Store {
         overlappingSync: false,
       });
       db.getEntry(Buffer.from([0])); // opening is lazy in places: read once, so a bad file fails here
-      return new LmdbStore(db, guard);
+      return new LmdbStore(db, guard, options);
     } catch (err) {
       guard.close();
       throw new StoreOpenError(`cannot open the LMDB environment in ${path}: ${(err as Error).message}`, { cause: err });
@@ -79,23 +120,75 @@ export class LmdbStore implements Store {
     return this.#read(key);
   }
 
-  async putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult> {
+  putIfVersion(
+    key: string,
+    value: string,
+    expectedVersion: number,
+    putId: string | undefined,
+    options: PutOptions = {},
+  ): Promise<PutIfVersionResult> {
+    if (putId === undefined) return this.#put(key, value, expectedVersion, undefined, false);
+    const previous = this.#deciding.get(putId);
+    const isRetry = options.isRetry === true;
+    const deciding =
+      previous === undefined
+        ? this.#put(key, value, expectedVersion, putId, isRetry)
+        : previous.catch(() => {}).then(() => this.#put(key, value, expectedVersion, putId, isRetry));
+    this.#deciding.set(putId, deciding);
+    const forget = () => {
+      if (this.#deciding.get(putId) === deciding) this.#deciding.delete(putId);
+    };
+    deciding.then(forget, forget);
+    return deciding;
+  }
+
+  async #put(
+    key: string,
+    value: string,
+    expectedVersion: number,
+    putId: string | undefined,
+    isRetry: boolean,
+  ): Promise<PutIfVersionResult> {
     this.#assertOpen();
+    if (putId !== undefined) {
+      const record = this.#recordOf(putId);
+      if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId) };
+    }
     const lmdb = lmdbKey(key);
-    const record: Record = { v: value };
-    if (putId !== undefined) record.p = putId;
-    if (lmdb[0] === DIGEST_MARK) record.k = key;
+    const stored: Record = { v: value };
+    if (putId !== undefined) stored.p = putId;
+    if (lmdb[0] === DIGEST_MARK) stored.k = key;
     const version = expectedVersion + 1;
+    const refuse = (current: StoredEntry | undefined): PutIfVersionResult => {
+      if (putId !== undefined && isRetry) {
+        this.#assertRoom();
+        this.#refusals.add(putId, key, expectedVersion, refusalOf(current, expectedVersion, putId));
+      }
+      return { ok: false, current };
+    };
     // A put that cannot apply is answered from a read: no write transaction, no sync. Under
     // contention (a lock's waiters racing for a released key) most puts are such puts.
     const before = this.#read(key);
-    if ((before?.version ?? 0) !== expectedVersion) return { ok: false, current: before };
+    if ((before?.version ?? 0) !== expectedVersion) return refuse(before);
+    if (putId !== undefined) this.#assertRoom();
     while (true) {
       // Applied in the write transaction only if the entry is at expectedVersion then (absent
-      // for 0); resolves once the commit is on disk.
-      // lmdb-js takes ifVersion null for "only if absent", though its types say number.
-      const ifVersion = (expectedVersion === 0 ? null : expectedVersion) as number;
-      if (await this.#db.put(lmdb, record, version, ifVersion)) {
+      // for 0), with its completion record; resolves once the commit is on disk.
+      let at = 0;
+      let isApplied: boolean;
+      if (putId === undefined) {
+        // lmdb-js takes ifVersion null for "only if absent", though its types say number.
+        isApplied = await this.#db.put(lmdb, stored, version, (expectedVersion === 0 ? null : expectedVersion) as number);
+      } else {
+        const write = () => {
+          at = this.#refusals.now();
+          this.#db.put(lmdb, stored, version);
+          this.#db.put(recordKey(putId), { k: key, n: expectedVersion, v: version, t: at } satisfies AppliedRecord as never);
+        };
+        isApplied = await (expectedVersion === 0 ? this.#db.ifNoExists(lmdb, write) : this.#db.ifVersion(lmdb, expectedVersion, write));
+      }
+      if (isApplied) {
+        if (putId !== undefined) this.#applied.set(putId, at);
         this.#watchers.notify(key);
         return { ok: true, version };
       }
@@ -104,8 +197,49 @@ export class LmdbStore implements Store {
       // moment. One read back at expectedVersion moved there since: the put may apply now.
       this.#assertOpen(); // closed while the put was committed: the environment is gone
       const current = this.#read(key);
-      if (current?.version !== expectedVersion) return { ok: false, current };
+      if (current?.version !== expectedVersion) return refuse(current);
     }
+  }
+
+  /** How many completion records are kept: applied ones on disk, refusals in memory. */
+  completionRecords(): number {
+    this.#sweep();
+    return this.#applied.size + this.#refusals.size;
+  }
+
+  #recordOf(putId: string): CompletionRecord | undefined {
+    const refusal = this.#refusals.get(putId);
+    if (refusal !== undefined) return refusal;
+    const at = this.#applied.get(putId);
+    if (at === undefined || this.#isExpired(at)) return undefined;
+    const applied = this.#db.get(recordKey(putId)) as unknown as AppliedRecord | undefined;
+    if (applied === undefined) return undefined;
+    return { kind: "put", key: applied.k, version: applied.n, decision: { err: "OK", version: applied.v }, at: applied.t };
+  }
+
+  #assertRoom(): void {
+    if (this.#applied.size + this.#refusals.size < this.#refusals.maxIds) return;
+    this.#sweep();
+    if (this.#applied.size + this.#refusals.size >= this.#refusals.maxIds) {
+      throw new StoreUnavailableError(
+        `${this.#refusals.maxIds} completion records are kept (KV_MAX_IDS): writes with an id wait for some to expire`,
+      );
+    }
+  }
+
+  /** Drops the records past their retention: from memory at once, from disk in the next batched write. */
+  #sweep(): void {
+    this.#refusals.sweep();
+    if (this.#closed !== undefined) return;
+    for (const [id, at] of this.#applied) {
+      if (!this.#isExpired(at)) break;
+      this.#applied.delete(id);
+      this.#db.remove(recordKey(id)).catch(() => {}); // closing: it is removed at the next open's first sweep
+    }
+  }
+
+  #isExpired(at: number): boolean {
+    return this.#refusals.now() - at >= this.#refusals.retentionMs;
   }
 
   watch(key: string, onChange: () => void): () => void {
@@ -113,6 +247,7 @@ export class LmdbStore implements Store {
   }
 
   close(): Promise<void> {
+    clearInterval(this.#sweeper);
     this.#closed ??= this.#db.close().finally(() => this.#guard.close());
     return this.#closed;
   }
@@ -141,6 +276,19 @@ export class LmdbStore implements Store {
  */
 export function openLmdbStore(options: LmdbStoreOptions): Promise<LmdbStore> {
   return LmdbStore.open(options);
+}
+
+function recordKey(putId: string): Buffer {
+  return Buffer.concat([Buffer.from([RECORD_MARK]), Buffer.from(putId, "utf8")]);
+}
+
+/** The applied records on disk, id → when, oldest first. */
+function loadAppliedRecords(db: RootDatabase<Record, Buffer>): Map<string, number> {
+  const found: [string, number][] = [];
+  for (const { key, value } of db.getRange({ start: Buffer.from([RECORD_MARK]), end: Buffer.from([RECORD_MARK + 1]) })) {
+    found.push([(key as Buffer).toString("utf8", 1), (value as unknown as AppliedRecord).t]);
+  }
+  return new Map(found.sort((a, b) => a[1] - b[1]));
 }
 
 function lmdbKey(key: string): Buffer {

@@ -5,7 +5,7 @@ import { createRandom } from "./random";
 /** What the simulated network connects clients to: a KVServer, or anything shaped like one. */
 export interface SimServer {
   get(key: string): Promise<GetResult>;
-  put(key: string, value: string, version: number, id?: string): Promise<PutResult>;
+  put(key: string, value: string, version: number, id?: string, options?: { isRetry?: boolean }): Promise<PutResult>;
 }
 
 /** The fault and delay settings of a {@link SimNetwork}; `setFaults` changes them mid-run. */
@@ -152,7 +152,7 @@ export class SimNetwork implements SimClock {
           : this.#call(
               client,
               async () => {
-                const result = await this.#server.put(r.key, r.value, r.version, r.id);
+                const result = await this.#server.put(r.key, r.value, r.version, r.id, { isRetry: r.retry === true });
                 if (result.err === "OK") this.#recheckParked();
                 return result;
               },

@@ -1,5 +1,5 @@
 import type { GetResult, PutResult } from "@kv/rpc";
-import { KVServer, type Store, type StoredEntry } from "@kv/server";
+import { type CompletionRecordOptions, KVServer, type PutDecision, refusalOf, type Store, type StoredEntry } from "@kv/server";
 import fc from "fast-check";
 import { afterEach, describe, expect, it } from "vitest";
 import { recordHistory, assertLinearizable } from "./record-history";
@@ -11,6 +11,10 @@ export interface StoreConformanceOptions {
   reopen?: (closed: Store) => Promise<Store>;
   /** The largest value the suite writes, in UTF-8 bytes (default 1 MiB, the server's default limit). */
   maxValueBytes?: number;
+  /** A retention the store keeps to, for the tests of expiry (default 300 ms). */
+  shortRetentionMs?: number;
+  /** Whether the store keeps completion records (default true): their tests run only then. */
+  keepsCompletionRecords?: boolean;
 }
 
 /** The odd keys every store must keep apart and give back as they were. */
@@ -39,11 +43,15 @@ const ODD_KEYS = [
  * everything still there after a close and reopen. `makeStore` is called once per test and
  * must return an empty store; the suite closes what it opens.
  */
-export function describeStoreConformance(name: string, makeStore: () => Promise<Store>, options: StoreConformanceOptions = {}): void {
+export function describeStoreConformance(
+  name: string,
+  makeStore: (records?: CompletionRecordOptions) => Promise<Store>,
+  options: StoreConformanceOptions = {},
+): void {
   const maxValueBytes = options.maxValueBytes ?? 1024 * 1024;
   const opened: Store[] = [];
-  const fresh = async () => {
-    const store = await makeStore();
+  const fresh = async (records?: CompletionRecordOptions) => {
+    const store = await makeStore(records);
     opened.push(store);
     return store;
   };
@@ -66,14 +74,18 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
       expect(await kv.get("k")).toEqual({ err: "OK", value: "v2", version: 2 });
     });
 
-    it("recognises a retried put by its id only while it made the current version", async () => {
-      const kv = new KVServer(await fresh());
+    it("recognises a retried put by its id while its completion record lasts, even after other writes", async () => {
+      const store = await fresh();
+      const kv = new KVServer(store);
       expect(await kv.put("k", "mine", 0, "put-1")).toEqual({ err: "OK", version: 1 });
-      expect(await kv.put("k", "mine", 0, "put-1")).toEqual({ err: "OK", version: 1 }); // the retry
+      expect(await kv.put("k", "mine", 0, "put-1", { isRetry: true })).toEqual({ err: "OK", version: 1 }); // the retry
       expect(await kv.get("k")).toEqual({ err: "OK", value: "mine", version: 1 });
       expect(await kv.put("k", "other", 0, "put-2")).toEqual({ err: "ErrVersion" });
       expect(await kv.put("k", "theirs", 1, "put-3")).toEqual({ err: "OK", version: 2 });
-      expect(await kv.put("k", "mine", 0, "put-1")).toEqual({ err: "ErrVersion" }); // another write came in between
+      // Another write came in between: a store with records still knows; one without, no longer.
+      const late = store.completionRecords === undefined ? { err: "ErrVersion" } : { err: "OK", version: 1 };
+      expect(await kv.put("k", "mine", 0, "put-1", { isRetry: true })).toEqual(late);
+      expect(await kv.get("k")).toEqual({ err: "OK", value: "theirs", version: 2 });
     });
 
     it("keeps the put id with the value in the same write, and drops it when a put has none", async () => {
@@ -86,14 +98,17 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
       expect(await store.putIfVersion("absent", "w", 4, undefined)).toEqual({ ok: false, current: undefined });
     });
 
-    it("agrees with a Map model on every sequence of puts", async () => {
+    it("agrees with a Map model on every sequence of puts, ids and retries", async () => {
       const store = await fresh();
+      const keepsRecords = store.completionRecords !== undefined;
+      const records = new Map<string, { key: string; version: number; decision: PutDecision }>(); // ids live across runs
       let round = 0;
       const op = fc.record({
         key: fc.constantFrom("a", "b"),
         value: fc.string(),
         version: fc.nat(3),
-        id: fc.option(fc.constantFrom("i1", "i2")),
+        id: fc.option(fc.constantFrom("i1", "i2", "i3")),
+        isRetry: fc.boolean(),
       });
       await fc.assert(
         fc.asyncProperty(fc.array(op, { maxLength: 12 }), async (ops) => {
@@ -101,15 +116,24 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
           const model = new Map<string, StoredEntry>();
           for (const o of ops) {
             const key = prefix + o.key;
-            const id = o.id ?? undefined;
+            const id = o.id === null ? undefined : `${o.id}`;
+            const put = () => store.putIfVersion(key, o.value, o.version, id, { isRetry: o.isRetry });
+            const record = id === undefined || !keepsRecords ? undefined : records.get(id);
+            if (record !== undefined) {
+              if (record.key === key && record.version === o.version) expect(await put()).toEqual({ recorded: record.decision });
+              else await expect(put()).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+              continue;
+            }
             const now = model.get(key);
-            const expected = (now?.version ?? 0) === o.version ? { ok: true, version: o.version + 1 } : { ok: false, current: now };
-            if (expected.ok)
-              model.set(
-                key,
-                id === undefined ? { value: o.value, version: o.version + 1 } : { value: o.value, version: o.version + 1, putId: id },
-              );
-            expect(await store.putIfVersion(key, o.value, o.version, id)).toEqual(expected);
+            const isApplied = (now?.version ?? 0) === o.version;
+            expect(await put()).toEqual(isApplied ? { ok: true, version: o.version + 1 } : { ok: false, current: now });
+            if (isApplied) {
+              const entry = { value: o.value, version: o.version + 1 };
+              model.set(key, id === undefined ? entry : { ...entry, putId: id });
+              if (id !== undefined) records.set(id, { key, version: o.version, decision: { err: "OK", version: o.version + 1 } });
+            } else if (id !== undefined && o.isRetry) {
+              records.set(id, { key, version: o.version, decision: refusalOf(now, o.version, id) });
+            }
           }
           for (const [key, entry] of model) expect(await store.get(key)).toEqual(entry);
         }),
@@ -126,7 +150,7 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
         const winners = results.filter((r) => r.ok);
         expect(winners).toEqual([{ ok: true, version: version + 1 }]);
         const winner = results.findIndex((r) => r.ok);
-        for (const r of results) if (!r.ok) expect(r.current?.version).toBe(version + 1);
+        for (const r of results) if (r.ok === false) expect(r.current?.version).toBe(version + 1);
         expect(await store.get("hot")).toEqual({ value: `v${version}.${winner}`, version: version + 1, putId: `id${version}.${winner}` });
       }
     });
@@ -218,18 +242,89 @@ export function describeStoreConformance(name: string, makeStore: () => Promise<
       await expect(store.putIfVersion("k", "v", 1, undefined)).rejects.toMatchObject({ code: "ERR_KV_CLOSED" });
     });
 
+    describe.runIf(options.keepsCompletionRecords !== false)("completion records", () => {
+      const retentionMs = options.shortRetentionMs ?? 300;
+      const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+      it("records a retry's refusal, so an earlier try of the same put arriving later does not apply", async () => {
+        const store = await fresh();
+        expect(await store.putIfVersion("k", "v1", 0, "a")).toEqual({ ok: true, version: 1 });
+        // A first try refused needs no record: nothing of it can still be on its way.
+        expect(await store.putIfVersion("k", "x", 2, "x-first")).toMatchObject({ ok: false });
+        expect(store.completionRecords?.()).toBe(1);
+        // Put x names version 2; its first try is held back, its retry meets the key at 1: ErrVersion, recorded.
+        expect(await new KVServer(store).put("k", "x", 2, "x", { isRetry: true })).toEqual({ err: "ErrVersion" });
+        expect(await store.putIfVersion("k", "v2", 1, "b")).toEqual({ ok: true, version: 2 });
+        // The held-back first try arrives with the key at 2: the recorded refusal answers it.
+        expect(await store.putIfVersion("k", "x", 2, "x")).toEqual({ recorded: { err: "ErrVersion" } });
+        expect(await store.get("k")).toEqual({ value: "v2", version: 2, putId: "b" });
+        expect(await store.putIfVersion("absent", "y", 3, "y", { isRetry: true })).toEqual({ ok: false, current: undefined });
+        expect(await store.putIfVersion("absent", "y", 3, "y")).toEqual({ recorded: { err: "ErrNoKey" } });
+      });
+
+      it("decides an id once when two tries of one put race", async () => {
+        const store = await fresh();
+        const kv = new KVServer(store);
+        const tries = await Promise.all([kv.put("race", "v", 0, "r"), kv.put("race", "v", 0, "r", { isRetry: true })]);
+        expect(tries).toEqual([
+          { err: "OK", version: 1 },
+          { err: "OK", version: 1 },
+        ]);
+        expect(await store.get("race")).toEqual({ value: "v", version: 1, putId: "r" });
+      });
+
+      it("refuses an id recorded for another write with InvalidArgumentError, changing nothing", async () => {
+        const store = await fresh();
+        expect(await store.putIfVersion("k", "v", 0, "once")).toEqual({ ok: true, version: 1 });
+        await expect(store.putIfVersion("k", "w", 1, "once")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+        await expect(store.putIfVersion("other", "w", 0, "once")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+        expect(await store.get("k")).toEqual({ value: "v", version: 1, putId: "once" });
+        expect(await store.get("other")).toBeUndefined();
+      });
+
+      it("keeps records for the retention, then evaluates a retry as new; the count returns to zero", async () => {
+        const store = await fresh({ retentionMs });
+        const kv = new KVServer(store);
+        expect(await kv.put("k", "v1", 0, "first")).toEqual({ err: "OK", version: 1 });
+        expect(await kv.put("k", "v2", 1, "second")).toEqual({ err: "OK", version: 2 });
+        expect(await kv.put("k", "v1", 0, "first", { isRetry: true })).toEqual({ err: "OK", version: 1 }); // recorded
+        expect(store.completionRecords?.()).toBe(2);
+        await sleep(retentionMs * 1.5);
+        expect(store.completionRecords?.()).toBe(0);
+        expect(await kv.put("k", "v1", 0, "first", { isRetry: true })).toEqual({ err: "ErrVersion" }); // new, and refused
+        expect(await kv.get("k")).toEqual({ err: "OK", value: "v2", version: 2 });
+      });
+
+      it("refuses a write that needs a record past maxIds (StoreUnavailableError, nothing changed) until records expire", async () => {
+        const store = await fresh({ retentionMs, maxIds: 3 });
+        for (const id of ["r1", "r2", "r3"]) expect(await store.putIfVersion(id, "v", 0, id)).toEqual({ ok: true, version: 1 });
+        await expect(store.putIfVersion("r4", "v", 0, "r4")).rejects.toMatchObject({ code: "ERR_KV_UNAVAILABLE" });
+        expect(await store.get("r4")).toBeUndefined();
+        expect(await store.putIfVersion("r1", "v", 0, "r1", { isRetry: true })).toEqual({ recorded: { err: "OK", version: 1 } });
+        expect(await store.putIfVersion("free", "v", 0, undefined)).toEqual({ ok: true, version: 1 }); // no id, no record
+        await sleep(retentionMs * 1.5);
+        expect(await store.putIfVersion("r4", "v", 0, "r4")).toEqual({ ok: true, version: 1 });
+      });
+    });
+
     const { reopen } = options;
     if (reopen !== undefined) {
       it("keeps every acknowledged put across a close and reopen", async () => {
         const store = await fresh();
         const keys = [...ODD_KEYS, ...Array.from({ length: 200 }, (_, i) => `durable/${i}`)];
-        await Promise.all(keys.map((k) => store.putIfVersion(k, `first ${k}`, 0, "p1")));
-        await Promise.all(keys.map((k) => store.putIfVersion(k, `second ${k}`, 1, "p2")));
+        await Promise.all(keys.map((k, i) => store.putIfVersion(k, `first ${k}`, 0, `p1-${i}`)));
+        await Promise.all(keys.map((k, i) => store.putIfVersion(k, `second ${k}`, 1, `p2-${i}`)));
         await store.close();
         const again = await reopen(store);
         opened.push(again);
-        for (const k of keys) expect(await again.get(k)).toEqual({ value: `second ${k}`, version: 2, putId: "p2" });
+        for (const [i, k] of keys.entries()) expect(await again.get(k)).toEqual({ value: `second ${k}`, version: 2, putId: `p2-${i}` });
         expect(await again.putIfVersion(keys[0] as string, "third", 2, undefined)).toEqual({ ok: true, version: 3 });
+        if (again.completionRecords !== undefined) {
+          // The records of acknowledged puts are as durable as the puts.
+          expect(await again.putIfVersion(keys[1] as string, `first ${keys[1]}`, 0, "p1-1", { isRetry: true })).toEqual({
+            recorded: { err: "OK", version: 1 },
+          });
+        }
       });
     }
   });

@@ -74,9 +74,9 @@ export async function kvRoutes(app: FastifyInstance, { server, config, metrics, 
     async (request, reply) => {
       const { key } = request.params;
       checkKey(key, config.maxKeyBytes);
-      const { value, version, id } = request.body;
+      const { value, version, id, retry } = request.body;
       checkValue(value, config.maxValueBytes);
-      const result = await server.put(key, value, version, id);
+      const result = await server.put(key, value, version, id, { isRetry: retry === true });
       if (result.err === "ErrVersion") metrics.putConflicts.inc();
       return reply.code(statusByErr[result.err]).send(result);
     },

@@ -2,7 +2,7 @@
 // runs with, the fast-check arbitraries for methods, paths, headers and bodies, and the Map model
 // that says what each accepted put must answer and write.
 import { KV_PREFIX, MAX_PUT_ID_LENGTH } from "@kv/rpc";
-import { MemoryStore, type PutIfVersionResult } from "@kv/server";
+import { MemoryStore, type PutIfVersionResult, type PutOptions } from "@kv/server";
 import fc from "fast-check";
 
 // Small limits put their edges within reach of cheap requests: keys and values just under and
@@ -32,8 +32,14 @@ export const SHRINK_BUDGET_MS = 60_000;
 export class WriteLoggingStore extends MemoryStore {
   readonly writes: string[] = [];
 
-  override async putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult> {
-    const result = await super.putIfVersion(key, value, expectedVersion, putId);
+  override async putIfVersion(
+    key: string,
+    value: string,
+    expectedVersion: number,
+    putId: string | undefined,
+    options?: PutOptions,
+  ): Promise<PutIfVersionResult> {
+    const result = await super.putIfVersion(key, value, expectedVersion, putId, options);
     if (result.ok) this.writes.push(key);
     return result;
   }
@@ -65,11 +71,30 @@ export interface PutBody {
   value: string;
   version: number;
   id?: string;
+  retry?: boolean;
 }
 export type PutReply = { err: "OK"; version: number } | { err: "ErrNoKey" } | { err: "ErrVersion" };
+/** The completion records the model keeps: id → the write it was decided for, and the decision. */
+export type Records = Map<string, { key: string; version: number; reply: PutReply }>;
 
-/** Applies one accepted put to `model` as contract §2 says, and returns the reply it must get. */
-export function modelPut(model: Map<string, Entry>, key: string, { value, version, id }: PutBody): PutReply {
+/** What the records say of a put: its recorded reply, "reused" (an id recorded for another write: 400), or nothing. */
+export function recordedReply(records: Records, key: string, { version, id }: PutBody): PutReply | "reused" | undefined {
+  const record = id === undefined ? undefined : records.get(id);
+  if (record === undefined) return undefined;
+  return record.key === key && record.version === version ? record.reply : "reused";
+}
+
+/** Applies one accepted put to `model` and `records` as contract §2 says, and returns the reply it must get. */
+export function modelPut(model: Map<string, Entry>, records: Records, key: string, put: PutBody): PutReply {
+  const recorded = recordedReply(records, key, put);
+  if (recorded === "reused") throw new Error(`the model refuses a put whose id ${put.id} was used for another write`);
+  if (recorded !== undefined) return recorded;
+  const reply = tablePut(model, key, put);
+  if (put.id !== undefined && (reply.err === "OK" || put.retry === true)) records.set(put.id, { key, version: put.version, reply });
+  return reply;
+}
+
+function tablePut(model: Map<string, Entry>, key: string, { value, version, id }: PutBody): PutReply {
   const current = model.get(key);
   if ((current?.version ?? 0) === version) {
     model.set(key, id === undefined ? { value, version: version + 1 } : { value, version: version + 1, putId: id });
@@ -113,15 +138,18 @@ export function putBodyOf(contentType: string | undefined, body: string | Buffer
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return "not an object";
   const fields = parsed as Record<string, unknown>;
-  const extra = Object.keys(fields).find((f) => !["value", "version", "id"].includes(f));
+  const extra = Object.keys(fields).find((f) => !["value", "version", "id", "retry"].includes(f));
   if (extra !== undefined) return `extra field ${JSON.stringify(extra)}`;
-  const { value, version, id } = fields;
+  const { value, version, id, retry } = fields;
   if (typeof value !== "string" || !value.isWellFormed() || Buffer.byteLength(value) > MAX_VALUE_BYTES) return "bad value";
   if (typeof version !== "number" || !Number.isSafeInteger(version) || version < 0) return "bad version";
-  if (!("id" in fields)) return { value, version };
+  if ("retry" in fields && typeof retry !== "boolean") return "bad retry";
+  const put: PutBody = { value, version };
+  if ("retry" in fields) put.retry = retry as boolean;
+  if (!("id" in fields)) return put;
   const idLength = typeof id === "string" ? [...id].length : 0;
   if (typeof id !== "string" || idLength < 1 || idLength > MAX_PUT_ID_LENGTH || !id.isWellFormed()) return "bad id";
-  return { value, version, id };
+  return { ...put, id };
 }
 
 // ---- Generated requests ----------------------------------------------------------------------
@@ -252,6 +280,7 @@ export const putSpecArb = fc.record({
     ),
     { freq: 2 },
   ),
+  retry: fc.option(fc.boolean(), { freq: 2 }),
   // Mostly none: a put that is sent as it should be exercises the model.
   mutation: fc.oneof(
     { withCrossShrink: true },
@@ -380,6 +409,7 @@ export function putText(spec: PutSpec, current: Entry | undefined): string {
     ["version", versionText],
   ];
   if (id !== null) fields.push(["id", JSON.stringify(id)]);
+  if (spec.retry !== null) fields.push(["retry", JSON.stringify(spec.retry)]);
   const { mutation, shape } = spec;
   if (mutation?.kind === "drop") fields = fields.filter(([name]) => name !== mutation.field);
   if (mutation?.kind === "replace") fields = fields.map(([name, text]) => [name, name === mutation.field ? mutation.text : text]);

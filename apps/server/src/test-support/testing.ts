@@ -26,15 +26,17 @@ export interface TestServer {
 }
 
 /**
- * Starts the app on 127.0.0.1, port 0, over `store` (a fresh MemoryStore by default); with
+ * Starts the app on 127.0.0.1, port 0, over `store` (by default a fresh MemoryStore keeping
+ * completion records as `env` says); with
  * `options.https`, over HTTPS, its requests trusting `options.ca`. The caller closes it.
  */
 export async function startTestServer(
   env: Record<string, string> = {},
-  store: Store = new MemoryStore(),
+  given?: Store,
   options: AppOptions & { ca?: string } = {},
 ): Promise<TestServer> {
   const config: Config = parseConfig({ KV_LOG_LEVEL: "silent", ...env }, []);
+  const store = given ?? new MemoryStore({ retentionMs: config.idRetentionMs, maxIds: config.maxIds });
   const { ca, ...appOptions } = options;
   const app = await buildApp(config, store, appOptions);
   const base = await app.listen({ host: "127.0.0.1", port: 0 });

@@ -1,0 +1,113 @@
+import { InvalidArgumentError } from "@kv/rpc";
+import { StoreUnavailableError, type StoredEntry } from "./store";
+
+/** A put's one decision (contract §2): what every try of it is answered. */
+export type PutDecision = { err: "OK"; version: number } | { err: "ErrVersion" | "ErrNoKey" };
+
+/** A write's completion record: what was decided for its id, and for which write. */
+export interface CompletionRecord {
+  readonly kind: "put";
+  readonly key: string;
+  /** The version the write named. */
+  readonly version: number;
+  readonly decision: PutDecision;
+  /** When it was recorded, on the store's clock (ms since the epoch). */
+  readonly at: number;
+}
+
+/** How long completion records are kept, how many at most, and the clock they are kept by. */
+export interface CompletionRecordOptions {
+  /** At least this long (default 120 000 ms, `KV_ID_RETENTION_MS`). */
+  retentionMs?: number;
+  /** At most this many; past it a write that needs a new record is refused (default 1 000 000, `KV_MAX_IDS`). */
+  maxIds?: number;
+  /** The store's clock (default `Date.now`): wall time, so records written to disk keep their age across a restart. */
+  now?: () => number;
+}
+
+export const DEFAULT_ID_RETENTION_MS = 120_000;
+export const DEFAULT_MAX_IDS = 1_000_000;
+
+/**
+ * The decision for a put that found the key at another version (`current`, undefined: absent):
+ * `ErrNoKey`, `ErrVersion` — or, without a record, the old rule: the put whose id made the
+ * current version, naming the version just below, was applied (`OK`).
+ */
+export function refusalOf(current: StoredEntry | undefined, expectedVersion: number, putId: string | undefined): PutDecision {
+  if (current === undefined) return { err: "ErrNoKey" };
+  if (putId !== undefined && current.putId === putId && current.version === expectedVersion + 1) {
+    return { err: "OK", version: current.version };
+  }
+  return { err: "ErrVersion" };
+}
+
+/**
+ * The recorded decision for a try of the write `record` was made for; `InvalidArgumentError`
+ * (400) when the id was recorded for another write: ids are never reused.
+ */
+export function replayOf(record: CompletionRecord, key: string, expectedVersion: number, putId: string): PutDecision {
+  if (record.kind !== "put" || record.key !== key || record.version !== expectedVersion) {
+    throw new InvalidArgumentError(`id ${JSON.stringify(putId)} was used for another write: ids are never reused`);
+  }
+  return record.decision;
+}
+
+/**
+ * Completion records in this process's memory, each kept for the retention and then dropped,
+ * oldest first: a Map keeps insertion order, and records are made in time order, so expiry
+ * walks from the front and stops at the first record still young.
+ */
+export class CompletionRecords {
+  readonly retentionMs: number;
+  readonly maxIds: number;
+  readonly now: () => number;
+  readonly #records = new Map<string, CompletionRecord>();
+
+  constructor(options: CompletionRecordOptions = {}) {
+    this.retentionMs = options.retentionMs ?? DEFAULT_ID_RETENTION_MS;
+    this.maxIds = options.maxIds ?? DEFAULT_MAX_IDS;
+    this.now = options.now ?? Date.now;
+  }
+
+  /** The record of `id` while it lasts. */
+  get(id: string): CompletionRecord | undefined {
+    const record = this.#records.get(id);
+    if (record === undefined || this.#isExpired(record)) return undefined;
+    return record;
+  }
+
+  /** Records `decision` for `id`; throws `StoreUnavailableError` when full (call {@link assertRoom} before a write). */
+  add(id: string, key: string, version: number, decision: PutDecision): void {
+    this.sweep();
+    this.assertRoom();
+    this.#records.delete(id); // an expired one, still held: the new one goes to the back
+    this.#records.set(id, { kind: "put", key, version, decision, at: this.now() });
+  }
+
+  /** Throws `StoreUnavailableError` unless one more record may be made (after dropping the expired). */
+  assertRoom(): void {
+    if (this.#records.size < this.maxIds) return;
+    this.sweep();
+    if (this.#records.size >= this.maxIds) {
+      throw new StoreUnavailableError(`${this.maxIds} completion records are kept (KV_MAX_IDS): writes with an id wait for some to expire`);
+    }
+  }
+
+  /** Drops the records past their retention. */
+  sweep(): void {
+    for (const [id, record] of this.#records) {
+      if (!this.#isExpired(record)) return;
+      this.#records.delete(id);
+    }
+  }
+
+  /** How many records are kept. */
+  get size(): number {
+    this.sweep();
+    return this.#records.size;
+  }
+
+  #isExpired(record: CompletionRecord): boolean {
+    return this.now() - record.at >= this.retentionMs;
+  }
+}
