@@ -27,6 +27,7 @@ describe("parseConfig", () => {
       maxWaiters: 10_000,
       idRetentionMs: 120_000,
       maxIds: 1_000_000,
+      recordRefusals: true,
       maxEventLoopDelayMs: 1_000,
       headersTimeoutMs: 10_000,
       requestTimeoutMs: 30_000,

@@ -31,6 +31,8 @@ export interface Config {
   readonly idRetentionMs: number;
   /** Completion records at most; past it, writes that need a new one are refused 503. */
   readonly maxIds: number;
+  /** Tests only (`KV_TEST_NO_REFUSAL_RECORDS=1` makes it false): whether a retry's refusal is recorded. */
+  readonly recordRefusals: boolean;
   /** Past this event-loop delay `/v1` requests are refused 503 until it recovers; 0: no limit. */
   readonly maxEventLoopDelayMs: number;
   /** A request's headers must have arrived within this (slow-loris headers). */
@@ -160,6 +162,8 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
   const maxWaiters = integer("max-waiters", DEFAULT_MAX_WAITERS, 0, 1_000_000);
   const idRetentionMs = integer("id-retention-ms", DEFAULT_ID_RETENTION_MS, 1, 86_400_000);
   const maxIds = integer("max-ids", DEFAULT_MAX_IDS, 1, 100_000_000);
+  // No flag of its own: a switch for the tests that show what refusal records prevent.
+  const recordRefusals = env.KV_TEST_NO_REFUSAL_RECORDS !== "1";
   const maxEventLoopDelayMs = integer("max-event-loop-delay-ms", DEFAULT_MAX_EVENT_LOOP_DELAY_MS, 0, 60_000);
   const headersTimeoutMs = integer("headers-timeout-ms", DEFAULT_HEADERS_TIMEOUT_MS, 1, 3_600_000);
   const requestTimeoutMs = integer("request-timeout-ms", DEFAULT_REQUEST_TIMEOUT_MS, 1, 3_600_000);
@@ -189,6 +193,7 @@ export function parseConfig(env: Readonly<Record<string, string | undefined>>, a
     maxWaiters,
     idRetentionMs,
     maxIds,
+    recordRefusals,
     maxEventLoopDelayMs,
     headersTimeoutMs,
     requestTimeoutMs,

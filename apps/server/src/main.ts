@@ -25,7 +25,11 @@ try {
 
 let store;
 try {
-  store = await openStore(config.store, { retentionMs: config.idRetentionMs, maxIds: config.maxIds });
+  store = await openStore(config.store, {
+    retentionMs: config.idRetentionMs,
+    maxIds: config.maxIds,
+    recordRefusals: config.recordRefusals,
+  });
 } catch (err) {
   if (!hasCode(err, "ERR_KV_STORE_OPEN")) throw err;
   process.stderr.write(`kv-server: cannot open the store: ${(err as Error).message}\n`);

@@ -129,8 +129,8 @@ export function measureStore(store: Store, kind: string, metrics: Metrics): Stor
       name: "kv_completion_records",
       help: "Completion records the store keeps now (KV_ID_RETENTION_MS, KV_MAX_IDS)",
       registers: [metrics.registry],
-      collect() {
-        this.set(completionRecords.call(store));
+      async collect() {
+        this.set(await completionRecords.call(store));
       },
     });
   }

@@ -14,6 +14,6 @@ export async function openStore(config: StoreConfig, records: CompletionRecordOp
     case "lmdb":
       return openLmdbStore({ path: config.path, ...records });
     case "etcd":
-      return openEtcdStore({ endpoints: config.endpoints, prefix: config.prefix });
+      return openEtcdStore({ endpoints: config.endpoints, prefix: config.prefix, ...records });
   }
 }

@@ -1,6 +1,6 @@
-import { type GetResult, NetworkError, type PutRequest, type PutResult, type Transport } from "@kv/rpc";
+import { type GetResult, NetworkError, type PutRequest, type PutResult, type Transport, UnavailableError } from "@kv/rpc";
 import { KVServer, MemoryStore } from "@kv/server";
-import { assertLinearizable, type Op, recordHistory, SimNetwork, type SimNetworkOptions, testSeed } from "@kv/testkit";
+import { assertLinearizable, type Op, recordHistory, SimNetwork, type SimNetworkOptions, type SimServer, testSeed } from "@kv/testkit";
 import { describe, expect, it } from "vitest";
 import { Clerk } from "./clerk";
 
@@ -113,7 +113,9 @@ describe("Clerk.put outcomes (contract §3)", () => {
   });
 
   it("returns ErrMaybe when a try's reply was lost and a retry meets ErrVersion, against a server without records", async () => {
-    const net = new SimNetwork(new KVServer(new MemoryStore({ retentionMs: 0 })), { seed: 3, replyLoss: 1 });
+    const kv = new KVServer(new MemoryStore({ retentionMs: 0 }));
+    const withoutRecords: SimServer = { get: (key) => kv.get(key), put: (...args) => kv.put(...args) }; // says nothing of records
+    const net = new SimNetwork(withoutRecords, { seed: 3, replyLoss: 1 });
     const [mine, other] = [0, 1].map((c) => new Clerk(net.transport(c), { clock: net, attemptTimeoutMs: 100 })) as [Clerk, Clerk];
     const put = mine.put("k", "mine", 0);
     await net.sleep(20);
@@ -162,7 +164,7 @@ describe("Clerk.put outcomes (contract §3)", () => {
     expect(all.every((r) => r.err === "OK")).toBe(true);
   });
 
-  it("returns ErrMaybe only after a try went unanswered, and each one is consistent with the checker (10 writers, one key, 30 % reply loss)", async () => {
+  it("never returns ErrMaybe, and stays linearizable, with 10 writers on one key at 30 % reply loss (completion records)", async () => {
     const seed = testSeed();
     const sim = simulate(seed, { replyLoss: 0.3 }, 10);
     const history = await recordHistory({
@@ -173,10 +175,48 @@ describe("Clerk.put outcomes (contract §3)", () => {
       now: () => sim.net.now(),
       execute: sim.execute,
     });
+    expect(sim.net.stats.timeouts, `seed ${seed}`).toBeGreaterThan(20); // replies were lost…
+    expect(history.filter((e) => e.output?.err === "ErrMaybe").length, `seed ${seed}`).toBe(0); // …and every put still has its answer
+    assertLinearizable(history, { seed });
+  });
+
+  it("against a server without records, returns ErrMaybe only after a try went unanswered, each consistent with the checker (the lab's rule)", async () => {
+    const seed = testSeed();
+    const kv = new KVServer(new MemoryStore({ retentionMs: 0 }));
+    const net = new SimNetwork({ get: (key) => kv.get(key), put: (...args) => kv.put(...args) }, { seed, replyLoss: 0.3 });
+    const clerks = Array.from({ length: 10 }, (_, c) => new Clerk(net.transport(c), { clock: net, attemptTimeoutMs: 100 }));
+    const history = await recordHistory({
+      clients: 10,
+      opsPerClient: 40,
+      keys: ["hot"],
+      seed,
+      now: () => net.now(),
+      execute: (c, op) => {
+        const clerk = clerks[c] as Clerk;
+        return op.kind === "get" ? clerk.get(op.key) : clerk.put(op.key, op.value, op.version);
+      },
+    });
     const maybes = history.filter((e) => e.output?.err === "ErrMaybe").length;
     expect(maybes, `seed ${seed}`).toBeGreaterThan(0); // the hot key does provoke them…
-    expect(maybes, `seed ${seed}`).toBeLessThanOrEqual(sim.net.stats.timeouts); // …never without a lost reply
+    expect(maybes, `seed ${seed}`).toBeLessThanOrEqual(net.stats.timeouts); // …never without a lost reply
     assertLinearizable(history, { seed });
+  });
+
+  it("answers ErrMaybe once retryLimitMs passes with no reply, and rejects ERR_KV_UNAVAILABLE when every try was refused unapplied", async () => {
+    const { net } = simulate(5, { replyLoss: 1 });
+    const clerk = new Clerk(net.transport(0), { clock: net, attemptTimeoutMs: 100, retryLimitMs: 2_000 });
+    const startedAt = net.now();
+    expect(await clerk.put("k", "v", 0)).toEqual({ err: "ErrMaybe" });
+    expect(net.now() - startedAt).toBeLessThanOrEqual(2_000 + 100);
+    expect(net.now() - startedAt).toBeGreaterThan(1_000);
+
+    const refusing: Transport = {
+      get: () => Promise.reject(new UnavailableError("overloaded")),
+      put: () => Promise.reject(new UnavailableError("overloaded")),
+      close: async () => {},
+    };
+    const refused = new Clerk(refusing, { clock: net, retryLimitMs: 2_000 });
+    await expect(refused.put("k", "v", 0)).rejects.toMatchObject({ code: "ERR_KV_UNAVAILABLE" });
   });
 });
 

@@ -25,6 +25,11 @@ export interface RetryOptions {
   attemptTimeoutMs?: number;
   /** Waits between tries: exponential from `baseMs`, capped at `maxMs`, full jitter. */
   backoff?: { baseMs?: number; maxMs?: number };
+  /**
+   * A write is retried for at most this long, then answered `ErrMaybe` (default 60 000 ms:
+   * below the server's `KV_ID_RETENTION_MS`, so every retry finds its completion record).
+   */
+  retryLimitMs?: number;
   /** Time to wait by (default: real time). Tests pass a simulated clock. */
   clock?: Clock;
 }
@@ -55,6 +60,9 @@ export interface GetOptions extends CallOptions {
 const DEFAULT_ATTEMPT_TIMEOUT_MS = 5_000;
 const DEFAULT_BACKOFF_BASE_MS = 10;
 const DEFAULT_BACKOFF_MAX_MS = 1_000;
+const DEFAULT_RETRY_LIMIT_MS = 60_000;
+// What #retry answers once a write's retry limit is reached.
+const GAVE_UP = Symbol("retryLimitMs reached");
 // A server may ask for a long pause; past this the clerk tries again anyway (another endpoint may serve).
 const MAX_RETRY_AFTER_MS = 30_000;
 
@@ -69,6 +77,7 @@ export class Clerk {
   readonly #attemptTimeoutMs: number;
   readonly #baseMs: number;
   readonly #maxMs: number;
+  readonly #retryLimitMs: number;
   readonly #clock: Clock;
   // Aborted by close(), so a call waiting out a backoff or a Retry-After stops at once.
   readonly #closing = new AbortController();
@@ -79,6 +88,7 @@ export class Clerk {
     this.#attemptTimeoutMs = positive("attemptTimeoutMs", options.attemptTimeoutMs ?? DEFAULT_ATTEMPT_TIMEOUT_MS);
     this.#baseMs = positive("backoff.baseMs", options.backoff?.baseMs ?? DEFAULT_BACKOFF_BASE_MS);
     this.#maxMs = positive("backoff.maxMs", options.backoff?.maxMs ?? DEFAULT_BACKOFF_MAX_MS);
+    this.#retryLimitMs = positive("retryLimitMs", options.retryLimitMs ?? DEFAULT_RETRY_LIMIT_MS);
     this.#clock = options.clock ?? systemClock;
   }
 
@@ -92,22 +102,26 @@ export class Clerk {
   async get(key: string, options: GetOptions = {}): Promise<GetResult> {
     checkKey(key);
     const { waitVersion, waitMs } = options;
-    if (waitVersion === undefined && waitMs === undefined) return this.#retry(options.signal, (call) => this.#transport.get(key, call));
+    if (waitVersion === undefined && waitMs === undefined)
+      return this.#retryUntilAnswered(options.signal, (call) => this.#transport.get(key, call));
     const wait = checkWait(waitVersion, waitMs);
     // One wait however many tries it takes: a retry waits only for what is left of it, and
     // each try's deadline makes room for the wait.
     const deadline = this.#clock.now() + wait.ms;
-    return this.#retry(options.signal, (call) => {
+    return this.#retryUntilAnswered(options.signal, (call) => {
       const ms = Math.max(0, Math.ceil(deadline - this.#clock.now()));
       return this.#transport.get(key, { ...call, timeoutMs: (call.timeoutMs ?? 0) + ms, wait: { version: wait.version, ms } });
     });
   }
 
   /**
-   * Writes `value` if the key is at `version` (0: absent). The answer of a first try is returned
-   * as it is. Once a try got no reply, a later `ErrVersion` becomes `ErrMaybe`: the put may
-   * have been applied. A put id, the same on every try, lets the server answer a retry of an
-   * applied put `OK`. Rejects as `get` does, and `ERR_KV_TOO_LARGE` for a value over the limit.
+   * Writes `value` if the key is at `version` (0: absent). Every try carries one put id, and
+   * every try after the first says it is a retry; the first reply is the answer: a server that
+   * keeps completion records answers each try the put's one decision. With no reply within
+   * `retryLimitMs` it answers `ErrMaybe`: the put may have been applied. Against a server that
+   * keeps no records (the transport says so), once a try got no reply a later `ErrVersion`
+   * becomes `ErrMaybe` too. Rejects as `get` does, `ERR_KV_TOO_LARGE` for a value over the
+   * limit, and `ERR_KV_UNAVAILABLE` when every try within `retryLimitMs` was refused unapplied.
    */
   async put(key: string, value: string, version: number, options: CallOptions = {}): Promise<PutResult> {
     checkKey(key);
@@ -123,8 +137,11 @@ export class Clerk {
       () => {
         isAmbiguous = true;
       },
+      this.#clock.now() + this.#retryLimitMs,
     );
-    return isAmbiguous && result.err === "ErrVersion" ? { err: "ErrMaybe" } : result;
+    if (result === GAVE_UP) return { err: "ErrMaybe" };
+    if (isAmbiguous && result.err === "ErrVersion" && this.#transport.keepsCompletionRecords !== true) return { err: "ErrMaybe" };
+    return result;
   }
 
   /** Ends the clerk's connections once calls in flight are done; later calls reject `ERR_KV_CLOSED`. Idempotent. */
@@ -140,11 +157,23 @@ export class Clerk {
     await this.close();
   }
 
+  /** Tries a read until it answers. */
+  #retryUntilAnswered<R>(signal: AbortSignal | undefined, attempt: (call: TransportCallOptions) => Promise<R>): Promise<R> {
+    return this.#retry(signal, attempt) as Promise<R>; // no deadline: never GAVE_UP
+  }
+
+  /**
+   * Tries `attempt` until it answers. With `deadline` (a write's retry limit), no try starts
+   * after it: then it answers {@link GAVE_UP} once a try went unanswered, and rejects with the
+   * last refusal when every try was refused unapplied.
+   */
   async #retry<R>(
     signal: AbortSignal | undefined,
     attempt: (call: TransportCallOptions) => Promise<R>,
     onNoReply?: () => void,
-  ): Promise<R> {
+    deadline?: number,
+  ): Promise<R | typeof GAVE_UP> {
+    let hadNoReply = false;
     // The transport keeps each try's deadline: an AbortSignal per try costs undici a quarter of
     // its throughput, so one goes down only when the caller gave one.
     const call: TransportCallOptions = { signal, timeoutMs: this.#attemptTimeoutMs };
@@ -157,6 +186,7 @@ export class Clerk {
       } catch (err) {
         if (signal?.aborted) throw new AbortError(undefined, { cause: signal.reason });
         if (hasCode(err, "ERR_KV_NO_REPLY")) {
+          hadNoReply = true;
           onNoReply?.();
           waitMs = backoffMs(n, this.#baseMs, this.#maxMs);
         } else if (hasCode(err, "ERR_KV_UNAVAILABLE")) {
@@ -167,6 +197,10 @@ export class Clerk {
           throw err;
         }
         if (retryChannel.hasSubscribers) retryChannel.publish({ attempt: n, waitMs, error: err });
+        if (deadline !== undefined && this.#clock.now() + waitMs > deadline) {
+          if (hadNoReply) return GAVE_UP;
+          throw err;
+        }
       }
       await this.#pause(waitMs, signal);
     }
@@ -218,6 +252,7 @@ export function createClerk(options: ClerkOptions): Clerk {
   const retry: RetryOptions = {};
   if (options.attemptTimeoutMs !== undefined) retry.attemptTimeoutMs = options.attemptTimeoutMs;
   if (options.backoff !== undefined) retry.backoff = options.backoff;
+  if (options.retryLimitMs !== undefined) retry.retryLimitMs = options.retryLimitMs;
   return new Clerk(transport, retry);
 }
 

@@ -46,7 +46,7 @@ interface FrontReply {
  * A real HTTP server in front of the kv server that answers as `decide` says: with a reply of its
  * own, or with what the kv server answers (`forward`).
  */
-async function startFront(decide: (req: IncomingMessage, forward: () => Promise<FrontReply>) => Promise<FrontReply>) {
+async function startFront(decide: (req: IncomingMessage, forward: () => Promise<FrontReply>, body: string) => Promise<FrontReply>) {
   const front = createServer(async (req, res) => {
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
@@ -59,7 +59,7 @@ async function startFront(decide: (req: IncomingMessage, forward: () => Promise<
       });
       return { status: upstream.statusCode, body: await upstream.body.text() };
     };
-    const reply = await decide(req, forward);
+    const reply = await decide(req, forward, body);
     res.writeHead(reply.status, { "content-type": "application/json", ...reply.headers }).end(reply.body);
   });
   await new Promise<void>((r) => front.listen(0, "127.0.0.1", r));
@@ -149,19 +149,25 @@ describe("createClerk over HTTP", () => {
     expect((arrivals[1] as number) - (arrivals[0] as number)).toBeGreaterThanOrEqual(990);
   });
 
-  it("counts a 504 ErrMaybe as a try with no reply: a retry that meets ErrVersion returns ErrMaybe", async () => {
+  it("counts a 504 as a try with no reply and retries it as a retry; the refusal it meets is final, and the held first try never applies", async () => {
     const writer = clerkFor([server.url]);
     await writer.put("http-504", "v1", 0);
-    let answered504 = false;
-    const front = await startFront(async (req, forward) => {
-      if (req.method === "PUT" && !answered504) {
-        answered504 = true;
-        await writer.put("http-504", "by another", 1); // whether ours landed, the server could not say
+    let held: (() => Promise<FrontReply>) | undefined;
+    const bodies: string[] = [];
+    const front = await startFront(async (req, forward, body) => {
+      if (req.method === "PUT") bodies.push(body);
+      if (req.method === "PUT" && held === undefined) {
+        held = forward; // the first try, held back on its way
         return { status: 504, body: '{"err":"ErrMaybe"}' };
       }
       return forward();
     });
-    expect(await clerkFor([front.url]).put("http-504", "ours", 1)).toEqual({ err: "ErrMaybe" });
+    // Ours names version 2 while the key is at 1: its retry is refused, and the refusal recorded.
+    expect(await clerkFor([front.url]).put("http-504", "ours", 2)).toEqual({ err: "ErrVersion" });
+    expect(bodies.map((b) => JSON.parse(b).retry)).toEqual([undefined, true]);
+    await writer.put("http-504", "theirs", 1); // the key reaches the version ours named…
+    expect(await (held as () => Promise<FrontReply>)()).toMatchObject({ status: 409 }); // …and the late first try is answered the refusal
+    expect(await writer.get("http-504")).toMatchObject({ value: "theirs", version: 2 });
   });
 
   it("connects over https to a server whose certificate a private CA signed, given tls.ca", async () => {

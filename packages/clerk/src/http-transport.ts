@@ -45,6 +45,8 @@ const DEFAULT_TIMEOUT_MS = 30_000;
  * the next endpoint.
  */
 export class HttpTransport implements Transport {
+  /** kv servers keep completion records on every store (contract §2). */
+  readonly keepsCompletionRecords = true;
   readonly #endpoints: readonly string[];
   readonly #pools: Pool[];
   readonly #headers: Record<string, string>;

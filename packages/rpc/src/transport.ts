@@ -28,6 +28,12 @@ export interface WaitOptions {
  * retries, because only it knows when an outcome became ambiguous.
  */
 export interface Transport {
+  /**
+   * Whether the server keeps completion records (contract §2): then a put's first reply is its
+   * one true answer, even after a try went unanswered. Unset: the lab's rule (a later
+   * `ErrVersion` may hide an applied try).
+   */
+  readonly keepsCompletionRecords?: boolean;
   /** The server's answer — with `wait`, once the key changed or the wait is over; rejects `NetworkError` when no reply came. */
   get(key: string, options?: TransportCallOptions & { wait?: WaitOptions | undefined }): Promise<GetResult>;
   /**

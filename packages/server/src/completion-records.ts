@@ -23,6 +23,11 @@ export interface CompletionRecordOptions {
   maxIds?: number;
   /** The store's clock (default `Date.now`): wall time, so records written to disk keep their age across a restart. */
   now?: () => number;
+  /**
+   * Tests only: `false` keeps no record of a retry's refusal, to show the race such records
+   * close (an earlier try applying after its retry was refused). Never in production.
+   */
+  recordRefusals?: boolean;
 }
 
 export const DEFAULT_ID_RETENTION_MS = 120_000;
@@ -61,12 +66,14 @@ export class CompletionRecords {
   readonly retentionMs: number;
   readonly maxIds: number;
   readonly now: () => number;
+  readonly recordRefusals: boolean;
   readonly #records = new Map<string, CompletionRecord>();
 
   constructor(options: CompletionRecordOptions = {}) {
     this.retentionMs = options.retentionMs ?? DEFAULT_ID_RETENTION_MS;
     this.maxIds = options.maxIds ?? DEFAULT_MAX_IDS;
     this.now = options.now ?? Date.now;
+    this.recordRefusals = options.recordRefusals ?? true;
   }
 
   /** The record of `id` while it lasts. */

@@ -21,6 +21,11 @@ export class KVServer {
     this.#store = store;
   }
 
+  /** Whether its store keeps completion records (contract §2), which make every put's first reply final. */
+  get keepsCompletionRecords(): boolean {
+    return this.#store.completionRecords !== undefined;
+  }
+
   /**
    * The key's value and version, or `ErrNoKey`. With `wait`, a long-poll: answered as soon as
    * the key's version differs from `wait.version` (0: once the key exists) — at once if it

@@ -38,7 +38,7 @@ export class MemoryStore implements Store {
     }
     const current = this.#entries.get(key);
     if ((current?.version ?? 0) !== expectedVersion) {
-      if (putId !== undefined && options.isRetry === true) {
+      if (putId !== undefined && options.isRetry === true && this.#records.recordRefusals) {
         this.#records.add(putId, key, expectedVersion, refusalOf(current, expectedVersion, putId));
       }
       return { ok: false, current };
@@ -51,7 +51,7 @@ export class MemoryStore implements Store {
     return { ok: true, version };
   }
 
-  completionRecords(): number {
+  async completionRecords(): Promise<number> {
     return this.#records.size;
   }
 

@@ -53,8 +53,8 @@ export interface Store {
     putId: string | undefined,
     options?: PutOptions,
   ): Promise<PutIfVersionResult>;
-  /** How many completion records the store keeps now; absent on a store that keeps none. */
-  completionRecords?(): number;
+  /** How many completion records the store keeps now (on a shared store, every server's); absent on a store that keeps none. */
+  completionRecords?(): Promise<number>;
   /**
    * Calls `onChange` after a write to `key` commits (it may also call it when nothing changed);
    * returns the function that stops it. What long-poll reads wait on: a write through any server

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { type GetResult, hasCode, NetworkError, type PutResult } from "@kv/rpc";
-import { KVServer } from "@kv/server";
+import { type CompletionRecordOptions, KVServer } from "@kv/server";
 import {
   assertLinearizable,
   createFaultProxy,
@@ -20,10 +20,11 @@ beforeAll(async () => {
 afterAll(() => etcd?.stop());
 
 /** A store of its own: a fresh prefix in the shared cluster. */
-const storeWithPrefix = (prefix = `test-${randomUUID()}/`) => openEtcdStore({ endpoints: etcd.endpoints, prefix });
+const storeWithPrefix = (prefix = `test-${randomUUID()}/`, records: CompletionRecordOptions = {}) =>
+  openEtcdStore({ endpoints: etcd.endpoints, prefix, ...records });
 
-// Completion records on etcd are the next step of issue 15: until then, the old rule only.
-describeStoreConformance("EtcdStore", () => storeWithPrefix(), { keepsCompletionRecords: false });
+// etcd's leases last whole seconds, two at least: records expire within a few.
+describeStoreConformance("EtcdStore", (records) => storeWithPrefix(undefined, records), { shortRetentionMs: 2_000 });
 
 describe("EtcdStore", () => {
   it("keeps deployments with different prefixes apart in one cluster", async () => {
@@ -42,6 +43,21 @@ describe("EtcdStore", () => {
     expect(await two.put("k", "v2", 0)).toEqual({ err: "ErrVersion" });
     expect(await two.put("k", "v2", 1)).toEqual({ err: "OK", version: 2 });
     expect(await one.get("k")).toEqual({ err: "OK", value: "v2", version: 2 });
+  });
+
+  it("shares completion records among stores on one prefix: a retry through another finds the first one's record", async () => {
+    const prefix = `records-${randomUUID()}/`;
+    const [one, two] = [await storeWithPrefix(prefix), await storeWithPrefix(prefix)];
+    onTestFinished(() => Promise.all([one.close(), two.close()]).then(() => undefined));
+    expect(await new KVServer(one).put("k", "mine", 0, "put-mine")).toEqual({ err: "OK", version: 1 });
+    expect(await new KVServer(two).put("k", "theirs", 1, "put-theirs")).toEqual({ err: "OK", version: 2 });
+    expect(await new KVServer(two).put("k", "mine", 0, "put-mine", { isRetry: true })).toEqual({ err: "OK", version: 1 });
+    // A refusal recorded through one stops a late try through the other.
+    expect(await new KVServer(one).put("k", "x", 3, "put-x", { isRetry: true })).toEqual({ err: "ErrVersion" });
+    expect(await new KVServer(one).put("k", "v3", 2)).toEqual({ err: "OK", version: 3 });
+    expect(await new KVServer(two).put("k", "x", 3, "put-x")).toEqual({ err: "ErrVersion" });
+    expect(await one.get("k")).toEqual({ value: "v3", version: 3 });
+    expect(await two.completionRecords()).toBe(3);
   });
 
   it("refuses a value over etcd's request limit as too large, for good, and writes nothing", async () => {

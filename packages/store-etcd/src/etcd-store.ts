@@ -1,7 +1,15 @@
-import { KvError } from "@kv/rpc";
+import { hasCode, KvError } from "@kv/rpc";
 import {
+  type CompletionRecord,
+  type CompletionRecordOptions,
+  DEFAULT_ID_RETENTION_MS,
+  DEFAULT_MAX_IDS,
   KeyWatchers,
+  type PutDecision,
   type PutIfVersionResult,
+  type PutOptions,
+  refusalOf,
+  replayOf,
   type Store,
   type StoredEntry,
   StoreOpenError,
@@ -11,8 +19,8 @@ import {
 import { ConsecutiveBreaker, circuitBreaker, handleWhen, isBrokenCircuitError, noop } from "cockatiel";
 import { Etcd3, type IKeyValue, isRecoverableError, type Namespace, type Watcher } from "etcd3";
 
-/** `openEtcdStore`'s options. */
-export interface EtcdStoreOptions {
+/** `openEtcdStore`'s options; besides where etcd is, how long completion records are kept and how many at most. */
+export interface EtcdStoreOptions extends Omit<CompletionRecordOptions, "now"> {
   /** etcd client URLs, e.g. `["http://10.0.0.1:2379", "http://10.0.0.2:2379"]`. */
   endpoints: readonly string[];
   /** kv's keys live under this prefix in etcd (default `"kv/"`), so one cluster can serve several kvs. */
@@ -31,6 +39,14 @@ const MAX_TRIES = 4;
 const FAILURES_TO_SKIP_A_MEMBER = 2;
 const RETRY_PAUSE_MS = 50;
 const BREAKER_OPEN_MS = 1_000;
+// Completion records are etcd keys under the prefix: 0xFF + the id. kv's keys are UTF-8, which
+// never holds the byte 0xFF, so the two never meet. Each is attached to a lease that etcd expires:
+// a lease is used for new records while younger than a quarter of the retention, and lives the
+// retention past that, so every record lasts at least the retention (a little more at most).
+const RECORD_MARK = 0xff;
+const LEASE_ROTATIONS_PER_RETENTION = 4;
+// How stale the record count may be when a write checks it against maxIds.
+const RECORD_COUNT_MAX_AGE_MS = 1_000;
 
 /**
  * A {@link Store} on an etcd v3 cluster. A kv version is etcd's per-key `version` (1 on
@@ -48,6 +64,12 @@ export class EtcdStore implements Store {
   #watching: Promise<Watcher | undefined> | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
+  readonly #retentionMs: number;
+  readonly #maxIds: number;
+  readonly #recordRefusals: boolean;
+  #lease: { id: Promise<string>; grantedAt: number } | undefined;
+  // The records in etcd as last counted (every kv server's), and those this one made since.
+  #recordCount = { counted: 0, at: Number.NEGATIVE_INFINITY, addedSince: 0, counting: undefined as Promise<void> | undefined };
 
   constructor(options: EtcdStoreOptions) {
     this.#client = new Etcd3({
@@ -70,6 +92,9 @@ export class EtcdStore implements Store {
     });
     this.#kv = this.#client.namespace(options.prefix ?? DEFAULT_PREFIX);
     this.#callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
+    this.#retentionMs = options.retentionMs ?? DEFAULT_ID_RETENTION_MS;
+    this.#maxIds = options.maxIds ?? DEFAULT_MAX_IDS;
+    this.#recordRefusals = options.recordRefusals ?? true;
   }
 
   async get(key: string): Promise<StoredEntry | undefined> {
@@ -92,32 +117,81 @@ export class EtcdStore implements Store {
     throw new StoreUnavailableError(`etcd did not answer a read: ${(lastError as Error).message}`, { cause: lastError });
   }
 
-  async putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult> {
+  async putIfVersion(
+    key: string,
+    value: string,
+    expectedVersion: number,
+    putId: string | undefined,
+    options: PutOptions = {},
+  ): Promise<PutIfVersionResult> {
     this.#assertOpen();
-    return this.#track(this.#putIfVersion(key, value, expectedVersion, putId));
+    return this.#track(this.#putIfVersion(key, value, expectedVersion, putId, options.isRetry === true));
   }
 
-  async #putIfVersion(key: string, value: string, expectedVersion: number, putId: string | undefined): Promise<PutIfVersionResult> {
+  async #putIfVersion(
+    key: string,
+    value: string,
+    expectedVersion: number,
+    putId: string | undefined,
+    isRetry: boolean,
+  ): Promise<PutIfVersionResult> {
     const encoded = encodeRecord(value, putId);
+    if (putId !== undefined && !(await this.#hasRoom())) {
+      // Full: only a try of a write already decided is answered, from its record.
+      const record = decisionOf((await this.#kv.get(recordKeyOf(putId)).options(this.#callOptions()).exec()).kvs[0]);
+      if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId) };
+      throw new StoreUnavailableError(
+        `${this.#maxIds} completion records are kept (KV_MAX_IDS): writes with an id wait for some to expire`,
+      );
+    }
     let isAmbiguous = false; // a try may have reached etcd, and nobody knows whether it was applied
     let lastError: unknown;
     for (let tries = 1; tries <= MAX_TRIES; tries++) {
       try {
+        if (putId === undefined) {
+          const res = await this.#kv
+            .if(key, "Version", "==", expectedVersion)
+            .then(this.#kv.put(key).value(encoded))
+            .else(this.#kv.get(key))
+            .options(this.#callOptions())
+            .commit();
+          if (res.succeeded) return { ok: true, version: expectedVersion + 1 };
+          const current = entryOf(res.responses[0]?.response_range.kvs[0]);
+          // An unanswered try may still be applied later, whenever the key reaches expectedVersion.
+          if (isAmbiguous) break;
+          return { ok: false, current };
+        }
+        // One transaction decides the id: applied with its record only if it has none yet, and
+        // otherwise the key and the record read back at the same revision.
+        const recordKey = recordKeyOf(putId);
+        const applied: PutDecision = { err: "OK", version: expectedVersion + 1 };
         const res = await this.#kv
           .if(key, "Version", "==", expectedVersion)
-          .then(this.#kv.put(key).value(encoded))
-          .else(this.#kv.get(key))
+          .and(recordKey, "Create", "==", 0)
+          .then(
+            this.#kv.put(key).value(encoded),
+            this.#kv
+              .put(recordKey)
+              .value(encodeDecision(key, expectedVersion, applied))
+              .lease(await this.#leaseId()),
+          )
+          .else(this.#kv.get(key), this.#kv.get(recordKey))
           .options(this.#callOptions())
           .commit();
-        if (res.succeeded) return { ok: true, version: expectedVersion + 1 };
+        if (res.succeeded) {
+          this.#recordCount.addedSince++;
+          return { ok: true, version: expectedVersion + 1 };
+        }
+        const record = decisionOf(res.responses[1]?.response_range.kvs[0]);
+        if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId) };
         const current = entryOf(res.responses[0]?.response_range.kvs[0]);
-        // An unanswered try may still be applied later, whenever the key reaches expectedVersion.
-        // Only a key already at expectedVersion + 1, written by a put whose id we know, settles
-        // it: our try made it (KVServer answers OK by the id), or it never can.
-        if (isAmbiguous && !(putId !== undefined && current?.version === expectedVersion + 1)) break;
-        return { ok: false, current };
+        // Refused, with no record: an earlier try of ours may still be on its way (a retry, or a
+        // try of this call that reached etcd unanswered). Recording the refusal stops it.
+        if ((!isRetry && !isAmbiguous) || !this.#recordRefusals) return { ok: false, current };
+        return await this.#recordRefusal(recordKey, key, expectedVersion, refusalOf(current, expectedVersion, putId), current, putId);
       } catch (err) {
         lastError = err;
+        if (hasCode(err, "ERR_INVALID_ARG_VALUE")) throw err;
         if (isTooLarge(err))
           throw new KvError("ERR_KV_TOO_LARGE", `etcd refused the put as too large: ${(err as Error).message}`, { cause: err });
         if (reachedEtcd(err)) isAmbiguous = true;
@@ -130,6 +204,83 @@ export class EtcdStore implements Store {
       throw new StoreOutcomeUnknownError(`etcd could not confirm a put: ${why}`, { cause: lastError });
     }
     throw new StoreUnavailableError(`etcd did not take a put: ${(lastError as Error).message}`, { cause: lastError });
+  }
+
+  /** Records `refusal` for `putId` unless a decision was recorded first (an earlier try applied meanwhile): that one wins. */
+  async #recordRefusal(
+    recordKey: Buffer,
+    key: string,
+    expectedVersion: number,
+    refusal: PutDecision,
+    current: StoredEntry | undefined,
+    putId: string,
+  ): Promise<PutIfVersionResult> {
+    const res = await this.#kv
+      .if(recordKey, "Create", "==", 0)
+      .then(
+        this.#kv
+          .put(recordKey)
+          .value(encodeDecision(key, expectedVersion, refusal))
+          .lease(await this.#leaseId()),
+      )
+      .else(this.#kv.get(recordKey))
+      .options(this.#callOptions())
+      .commit();
+    if (res.succeeded) {
+      this.#recordCount.addedSince++;
+      return { ok: false, current };
+    }
+    const record = decisionOf(res.responses[0]?.response_range.kvs[0]);
+    if (record === undefined) throw new StoreOutcomeUnknownError("etcd lost a completion record while it was read");
+    return { recorded: replayOf(record, key, expectedVersion, putId) };
+  }
+
+  /** The lease new records are attached to: granted lazily, replaced once a quarter of the retention old. */
+  #leaseId(): Promise<string> {
+    const now = Date.now();
+    const rotationMs = this.#retentionMs / LEASE_ROTATIONS_PER_RETENTION;
+    if (this.#lease !== undefined && now - this.#lease.grantedAt < rotationMs) return this.#lease.id;
+    // Counted from before the grant is asked for: etcd's TTL starts no sooner.
+    const ttlSeconds = Math.ceil((this.#retentionMs + rotationMs) / 1000);
+    const id = this.#client.leaseClient.leaseGrant({ TTL: ttlSeconds }, this.#callOptions()).then((res) => String(res.ID));
+    const lease = { id, grantedAt: now };
+    this.#lease = lease;
+    id.catch(() => {
+      if (this.#lease === lease) this.#lease = undefined; // the next write asks again
+    });
+    return id;
+  }
+
+  /** Whether fewer than `maxIds` records are kept, by a count at most a second old (every server's, plus this one's since). */
+  async #hasRoom(): Promise<boolean> {
+    const count = this.#recordCount;
+    if (Date.now() - count.at > RECORD_COUNT_MAX_AGE_MS) {
+      count.counting ??= this.#countRecords()
+        .then((n) => {
+          count.counted = n;
+          count.addedSince = 0;
+          count.at = Date.now();
+        })
+        .catch(() => {}) // counted again at the next write
+        .finally(() => (count.counting = undefined));
+      // A stale count near the cap is waited for; far below it, the write goes on.
+      if (count.counted + count.addedSince >= this.#maxIds / 2) await count.counting;
+    }
+    return count.counted + count.addedSince < this.#maxIds;
+  }
+
+  #countRecords(): Promise<number> {
+    return this.#kv
+      .getAll()
+      .prefix(Buffer.from([RECORD_MARK]))
+      .options(this.#callOptions())
+      .count();
+  }
+
+  /** How many completion records etcd keeps under this prefix now, every kv server's. */
+  async completionRecords(): Promise<number> {
+    this.#assertOpen();
+    return this.#track(this.#countRecords());
   }
 
   /**
@@ -150,7 +301,9 @@ export class EtcdStore implements Store {
       .prefix("")
       .create()
       .then((watcher) => {
-        watcher.on("put", (kv) => this.#watchers.notify(kv.key.toString("utf8")));
+        watcher.on("put", (kv) => {
+          if (kv.key[0] !== RECORD_MARK) this.#watchers.notify(kv.key.toString("utf8"));
+        });
         // Disconnections etcd3 heals itself, then says "connected": what it missed is read again.
         watcher.on("connected", () => this.#watchers.notifyAll());
         // etcd3 does not resume a watch etcd ended (e.g. compacted past it): make another for
@@ -239,6 +392,21 @@ function encodeRecord(value: string, putId: string | undefined): Buffer {
   const head = Buffer.alloc(2);
   head.writeUInt16BE(id.length);
   return Buffer.concat([head, id, Buffer.from(value, "utf8")]);
+}
+
+function recordKeyOf(putId: string): Buffer {
+  return Buffer.concat([Buffer.from([RECORD_MARK]), Buffer.from(putId, "utf8")]);
+}
+
+/** A completion record as etcd keeps it: JSON of the write it was made for and its decision. */
+function encodeDecision(key: string, version: number, decision: PutDecision): string {
+  return JSON.stringify({ k: key, n: version, d: decision });
+}
+
+function decisionOf(kv: IKeyValue | undefined): CompletionRecord | undefined {
+  if (kv === undefined) return undefined;
+  const { k, n, d } = JSON.parse(kv.value.toString("utf8")) as { k: string; n: number; d: PutDecision };
+  return { kind: "put", key: k, version: n, decision: d, at: 0 };
 }
 
 function entryOf(kv: IKeyValue | undefined): StoredEntry | undefined {

@@ -61,7 +61,7 @@ describe("LmdbStore completion records", () => {
     const again = await openLmdbStore({ path, retentionMs: 300 });
     expect(await again.putIfVersion("k", "v", 0, "kept", { isRetry: true })).toEqual({ recorded: { err: "OK", version: 1 } });
     await new Promise((resolve) => setTimeout(resolve, 1_500)); // the retention, and a sweep
-    expect(again.completionRecords()).toBe(0);
+    expect(await again.completionRecords()).toBe(0);
     await again.close();
     expect(recordsOnDisk(path)).toEqual([]);
   });

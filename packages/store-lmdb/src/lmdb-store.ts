@@ -160,7 +160,7 @@ export class LmdbStore implements Store {
     if (lmdb[0] === DIGEST_MARK) stored.k = key;
     const version = expectedVersion + 1;
     const refuse = (current: StoredEntry | undefined): PutIfVersionResult => {
-      if (putId !== undefined && isRetry) {
+      if (putId !== undefined && isRetry && this.#refusals.recordRefusals) {
         this.#assertRoom();
         this.#refusals.add(putId, key, expectedVersion, refusalOf(current, expectedVersion, putId));
       }
@@ -202,7 +202,7 @@ export class LmdbStore implements Store {
   }
 
   /** How many completion records are kept: applied ones on disk, refusals in memory. */
-  completionRecords(): number {
+  async completionRecords(): Promise<number> {
     this.#sweep();
     return this.#applied.size + this.#refusals.size;
   }

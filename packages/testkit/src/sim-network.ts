@@ -6,6 +6,8 @@ import { createRandom } from "./random";
 export interface SimServer {
   get(key: string): Promise<GetResult>;
   put(key: string, value: string, version: number, id?: string, options?: { isRetry?: boolean }): Promise<PutResult>;
+  /** Whether it keeps completion records (a `KVServer` says so of its store); its transports tell their clerks. */
+  readonly keepsCompletionRecords?: boolean;
 }
 
 /** The fault and delay settings of a {@link SimNetwork}; `setFaults` changes them mid-run. */
@@ -144,6 +146,7 @@ export class SimNetwork implements SimClock {
     let isClosed = false;
     const closed = () => Promise.reject(new KvError("ERR_KV_CLOSED", "the transport is closed"));
     return {
+      keepsCompletionRecords: this.#server.keepsCompletionRecords === true,
       get: (key: string, options?: TransportCallOptions & { wait?: WaitOptions | undefined }) =>
         isClosed ? closed() : this.#call(client, () => this.#server.get(key), options, options?.wait),
       put: (r: PutRequest, options?: TransportCallOptions) =>
