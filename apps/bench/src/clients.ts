@@ -19,10 +19,11 @@ export interface VersionedClient {
 
 /**
  * kv's protocol over undici (a pool of `connections` keep-alive sockets, no pipelining), the
- * bodies the clerk sends: `{ value, version, id }` with a fresh put id. The bare Fastify route
- * speaks the same protocol.
+ * bodies the clerk sends: `{ value, version, id }` with a fresh put id (`ids: false`: none, so
+ * the server keeps no completion record). The bare Fastify route speaks the same protocol.
  */
-export function createHttpClient(url: string, connections: number): VersionedClient {
+export function createHttpClient(url: string, connections: number, options: { ids?: boolean } = {}): VersionedClient {
+  const withIds = options.ids !== false;
   const pool = new Pool(url, { connections, pipelining: 1 });
   return {
     async put(key, value, version) {
@@ -30,7 +31,7 @@ export function createHttpClient(url: string, connections: number): VersionedCli
         method: "PUT",
         path: kvPath(key),
         headers: { "content-type": "application/json" },
-        body: JSON.stringify({ value, version, id: randomUUID() }),
+        body: JSON.stringify(withIds ? { value, version, id: randomUUID() } : { value, version }),
       });
       const text = await res.body.text();
       const body = JSON.parse(text) as { err?: string; version?: number };

@@ -12,7 +12,7 @@ import { formatGoals, formatMarkdown, formatScenario } from "./report";
 import type { ScenarioResult } from "./results";
 import { parseSettings, type Settings } from "./settings";
 import { assertInstalled } from "./systems";
-import { s1, s2, s3, s4, s6, s7 } from "./throughput-scenarios";
+import { s1, s2, s3, s4, s6, s7, s10 } from "./throughput-scenarios";
 
 const SCENARIOS: Record<string, (settings: Settings) => Promise<Omit<ScenarioResult, "seconds">>> = {
   S1: s1,
@@ -24,6 +24,7 @@ const SCENARIOS: Record<string, (settings: Settings) => Promise<Omit<ScenarioRes
   S7: s7,
   S8: s8,
   S9: s9,
+  S10: s10,
 };
 
 const settings = parseSettings(process.argv.slice(2));

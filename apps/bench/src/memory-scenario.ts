@@ -2,7 +2,10 @@
 // values (puts carry put ids, as the clerk's do: the store keeps each key's last id); then RSS
 // before and after many distinct clients, each a new connection (`Connection: close`) making
 // one put — client i updates loaded key i in place (same sizes), so the data does not grow and
-// any growth is state kept per client.
+// any growth is state kept per client. That server keeps completion records for a second only
+// and is sampled once they expired: records are per write, not per client, and are measured
+// apart — a second server takes puts with ids at full speed, keeping their records for a
+// retention window, and is sampled with them, then again once they expired.
 //
 // RSS is read after a full GC, forced through the server's inspector: without it, the figure is
 // mostly garbage the server has not collected yet (100 000 connections leave ~170 MiB of it,
@@ -12,7 +15,7 @@ import { Pool, request } from "undici";
 import { createHttpClient } from "./clients";
 import { openInspector } from "./inspector";
 import { runLoad } from "./load";
-import { withResources } from "./resources";
+import { type Resources, withResources } from "./resources";
 import type { ScenarioResult } from "./results";
 import type { Settings } from "./settings";
 import { rssBytesOf, startKv } from "./systems";
@@ -26,28 +29,33 @@ const FLAT_PERCENT = 1;
 const MiB = 2 ** 20;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** `nodejs_heap_size_used_bytes` from the server's /metrics (prom-client reads it at scrape). */
-async function heapUsedBytes(url: string): Promise<number> {
+/** A gauge from the server's /metrics (prom-client reads them at scrape; the memory store drops expired records then). */
+async function gauge(url: string, name: string): Promise<number> {
   const res = await request(`${url}/metrics`);
   const text = await res.body.text();
-  const match = /^nodejs_heap_size_used_bytes (\d+)/m.exec(text);
-  if (res.statusCode !== 200 || match?.[1] === undefined)
-    throw new Error(`no nodejs_heap_size_used_bytes in ${url}/metrics (${res.statusCode})`);
+  const match = new RegExp(`^${name} (\\d+)`, "m").exec(text);
+  if (res.statusCode !== 200 || match?.[1] === undefined) throw new Error(`no ${name} in ${url}/metrics (${res.statusCode})`);
   return Number(match[1]);
 }
+const heapUsedBytes = (url: string) => gauge(url, "nodejs_heap_size_used_bytes");
+// The per-client server's records expire within this, before each sample.
+const CLIENTS_RETENTION_MS = 500;
 
 export async function s8(settings: Settings): Promise<Omit<ScenarioResult, "seconds">> {
   const { workers, memoryKeys: keys, memoryClients: clients } = settings;
   if (clients > keys) throw new Error(`S8 needs at least as many keys (${keys}) as clients (${clients})`);
   return withResources(async (r) => {
-    const kv = r.add(await startKv("memory", { inspect: true }), (s) => s.stop());
+    const kv = r.add(await startKv("memory", { inspect: true, env: { KV_ID_RETENTION_MS: String(CLIENTS_RETENTION_MS) } }), (s) =>
+      s.stop(),
+    );
     const pid = kv.pids[0] as number;
     const inspector = r.add(await openInspector(kv.inspectorUrl as string), (i) => i.close());
     const client = r.add(createHttpClient(kv.url, workers), (c) => c.close());
     const perWorker = (n: number) => Math.ceil(n / workers);
     /** RSS as it is now, then RSS and heap used after a full GC. */
     const sample = async () => {
-      await sleep(settings.settleMs);
+      await sleep(Math.max(settings.settleMs, CLIENTS_RETENTION_MS));
+      if ((await gauge(kv.url, "kv_completion_records")) !== 0) throw new Error("S8: completion records left after their retention");
       const asIs = rssBytesOf(pid);
       await inspector.collectGarbage();
       await sleep(settings.settleMs); // V8 returns freed pages to the OS on a background thread
@@ -106,6 +114,8 @@ export async function s8(settings: Settings): Promise<Omit<ScenarioResult, "seco
     if (connections < clients) throw new Error(`S8: ${clients} clients made only ${connections} connections`);
     const after = await sample();
 
+    const records = await completionRecordMemory(r, settings);
+
     const n = (x: number) => x.toLocaleString("en");
     const bytesPerKey = (loaded.rss - empty.rss) / keys;
     return {
@@ -128,6 +138,13 @@ export async function s8(settings: Settings): Promise<Omit<ScenarioResult, "seco
           unit: "bytes",
         },
         { label: `heap growth over all ${n(clients)} clients`, value: (after.heap - loaded.heap) / MiB, unit: "MiB" },
+        { label: `puts with ids, at full speed (records kept ${settings.recordRetentionMs / 1000} s)`, value: records.puts, unit: "puts" },
+        { label: "their rate", value: records.putsPerSecond, unit: "puts/s" },
+        { label: "completion records kept at the end", value: records.kept, unit: "records" },
+        { label: "RSS with them", value: records.rssWith / MiB, unit: "MiB" },
+        { label: "RSS per completion record", value: (records.rssWith - records.rssBefore) / records.kept, unit: "bytes" },
+        { label: "completion records once the retention passed", value: records.keptAfter, unit: "records" },
+        { label: "RSS once the retention passed", value: records.rssAfter / MiB, unit: "MiB" },
       ],
       ratios: [
         { label: "RSS bytes per key beyond the 100 value bytes", value: bytesPerKey - VALUE.length, goal: { max: 250 } },
@@ -136,7 +153,58 @@ export async function s8(settings: Settings): Promise<Omit<ScenarioResult, "seco
           value: ((after.rss - steady.rss) / steady.rss) * 100,
           goal: { max: FLAT_PERCENT },
         },
+        // Bounded by the retention window: no more records than puts answered in the last window.
+        {
+          label: "records kept ÷ puts answered in the last retention window",
+          value: records.kept / records.inLastWindow,
+          goal: { max: 1 },
+        },
       ],
     };
   });
+}
+
+const RECORD_KEYS = 10_000;
+
+/**
+ * A memory-store server keeping completion records for `recordRetentionMs`: RSS after a GC before
+ * and after `recordPuts` puts with ids at full speed (on keys updated in place: the data does not
+ * grow), with the records kept then, and again once the retention passed.
+ */
+async function completionRecordMemory(r: Resources, settings: Settings) {
+  const { workers, settleMs, recordPuts, recordRetentionMs } = settings;
+  const kv = r.add(await startKv("memory", { inspect: true, env: { KV_ID_RETENTION_MS: String(recordRetentionMs) } }), (s) => s.stop());
+  const pid = kv.pids[0] as number;
+  const inspector = r.add(await openInspector(kv.inspectorUrl as string), (i) => i.close());
+  const client = r.add(createHttpClient(kv.url, workers), (c) => c.close());
+  const records = () => gauge(kv.url, "kv_completion_records"); // the memory store drops expired ones as it counts
+  const rssAfterGc = async () => {
+    await inspector.collectGarbage();
+    await sleep(settleMs);
+    return rssBytesOf(pid);
+  };
+  const space = new KeySpace("r", RECORD_KEYS, workers);
+  const perWorker = (n: number) => Math.ceil(n / workers);
+  await runLoad({ workers, op: conditionalPuts(client, space), serverPids: [], count: perWorker(RECORD_KEYS) });
+  await sleep(recordRetentionMs + settleMs);
+  if ((await records()) !== 0) throw new Error("S8: the warm-up's completion records did not expire");
+  const rssBefore = await rssAfterGc();
+  const started = performance.now();
+  const put = conditionalPuts(client, space);
+  const answeredAt: number[] = [];
+  const op = async (worker: number) => {
+    await put(worker);
+    answeredAt.push(performance.now());
+    return undefined;
+  };
+  await runLoad({ workers, op, serverPids: [], count: perWorker(recordPuts) });
+  const putsPerSecond = recordPuts / ((performance.now() - started) / 1000);
+  const kept = await records();
+  // A record still kept was made within the retention before this count, so its put was answered then too.
+  const inLastWindow = answeredAt.filter((t) => t >= performance.now() - recordRetentionMs).length;
+  const rssWith = await rssAfterGc();
+  await sleep(recordRetentionMs);
+  const keptAfter = await records();
+  const rssAfter = await rssAfterGc();
+  return { puts: recordPuts, putsPerSecond, kept, inLastWindow, rssBefore, rssWith, keptAfter, rssAfter };
 }

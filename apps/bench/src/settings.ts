@@ -40,6 +40,9 @@ export interface Settings {
   readonly memoryKeys: number;
   /** S8: distinct clients, each one new connection and one put. */
   readonly memoryClients: number;
+  /** S8: puts with ids at full speed, and how long their completion records are kept meanwhile. */
+  readonly recordPuts: number;
+  readonly recordRetentionMs: number;
   /** S8: the pause before RSS is read, for the server to finish what the load left (GC). */
   readonly settleMs: number;
 }
@@ -88,8 +91,28 @@ export function parseSettings(argv: readonly string[]): Settings {
   const only = values.only === undefined ? undefined : new Set(values.only.split(",").map((s) => s.trim().toUpperCase()));
   const defaultOut = join(PACKAGE_ROOT, "results", quick ? "latest-quick.json" : "latest.json");
   const shape = quick
-    ? { warmupMs: 300, roundMs: 150, rounds: 5, lockAcquisitions: 5, memoryKeys: 20_000, memoryClients: 2_000, settleMs: 500 }
-    : { warmupMs: 2_000, roundMs: 3_000, rounds: 5, lockAcquisitions: 100, memoryKeys: 1_000_000, memoryClients: 100_000, settleMs: 2_000 };
+    ? {
+        warmupMs: 300,
+        roundMs: 150,
+        rounds: 5,
+        lockAcquisitions: 5,
+        memoryKeys: 20_000,
+        memoryClients: 2_000,
+        settleMs: 500,
+        recordPuts: 20_000,
+        recordRetentionMs: 2_000,
+      }
+    : {
+        warmupMs: 2_000,
+        roundMs: 3_000,
+        rounds: 5,
+        lockAcquisitions: 100,
+        memoryKeys: 1_000_000,
+        memoryClients: 100_000,
+        settleMs: 2_000,
+        recordPuts: 1_000_000,
+        recordRetentionMs: 20_000,
+      };
   return {
     mode: quick ? "quick" : "full",
     only,

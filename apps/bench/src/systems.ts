@@ -26,16 +26,16 @@ const READY_TIMEOUT_MS = 20_000;
 /**
  * The kv server (`apps/server/dist/main.js`, or `entry`) on `store`: `memory`, `lmdb` (in a temp
  * dir) or etcd endpoints. `inspect`: with Node's inspector on a free loopback port (S8 forces GCs
- * through it).
+ * through it). `env`: more settings (e.g. `KV_ID_RETENTION_MS`).
  */
 export async function startKv(
   store: "memory" | "lmdb" | { etcd: readonly string[] },
-  options: { inspect?: boolean; entry?: string } = {},
+  options: { inspect?: boolean; entry?: string; env?: Record<string, string> } = {},
 ): Promise<Server> {
   const dir = store === "lmdb" ? mkdtempSync(join(tmpdir(), "kv-bench-lmdb-")) : undefined;
   const spec = store === "memory" ? "memory" : store === "lmdb" ? `lmdb:${dir}` : `etcd:${store.etcd.join(",")}`;
   // The harness sets KV_LOG_LEVEL=info to learn the port; at info kv logs no line per request.
-  const env = { KV_STORE: spec, ...(options.inspect === true && { NODE_OPTIONS: "--inspect=127.0.0.1:0" }) };
+  const env = { KV_STORE: spec, ...(options.inspect === true && { NODE_OPTIONS: "--inspect=127.0.0.1:0" }), ...options.env };
   const server = await startServerProcess({
     env,
     readyTimeoutMs: READY_TIMEOUT_MS,

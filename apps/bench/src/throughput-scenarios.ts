@@ -18,8 +18,8 @@ function serve(resources: Resources, start: Start): Promise<Server> {
   return start().then((server) => resources.add(server, (s) => s.stop()));
 }
 
-function http(resources: Resources, server: Server, settings: Settings, workers = settings.workers): VersionedClient {
-  return resources.add(createHttpClient(server.url, workers), (c) => c.close());
+function http(resources: Resources, server: Server, settings: Settings, workers = settings.workers, ids = true): VersionedClient {
+  return resources.add(createHttpClient(server.url, workers, { ids }), (c) => c.close());
 }
 
 function etcd(resources: Resources, server: Server, prefix: string): VersionedClient {
@@ -255,3 +255,33 @@ export async function s7(settings: Settings): Promise<Omit<ScenarioResult, "seco
 }
 
 const BASELINE_CLERK = "@kv/clerk (baseline)";
+
+/** S10: what completion records cost: durable conditional puts with put ids and without, on LMDB and on etcd. */
+export async function s10(settings: Settings): Promise<Omit<ScenarioResult, "seconds">> {
+  return withResources(async (r) => {
+    const lmdb = await serve(r, () => startKv("lmdb"));
+    const etcdServer = await serve(r, startEtcd);
+    const onEtcd = await serve(r, () => startKv({ etcd: [etcdServer.url] }));
+    const etcdPids = [...onEtcd.pids, ...etcdServer.pids];
+    const systems = await measure(settings, [
+      putter("kv (LMDB, put ids)", http(r, lmdb, settings), lmdb.pids, settings),
+      putter("kv (LMDB, no ids)", http(r, lmdb, settings, settings.workers, false), lmdb.pids, settings),
+      putter("kv (etcd store, put ids)", http(r, onEtcd, settings), etcdPids, settings),
+      putter("kv (etcd store, no ids)", http(r, onEtcd, settings, settings.workers, false), etcdPids, settings),
+    ]);
+    return {
+      id: "S10",
+      title: `completion records' cost: durable conditional puts with and without put ids, ${settings.workers} workers, ${settings.keys} keys`,
+      systems,
+      figures: [],
+      ratios: [
+        {
+          label: "LMDB: with ids ÷ without",
+          value: throughputRatio(systems, "kv (LMDB, put ids)", "kv (LMDB, no ids)"),
+          goal: { min: 0.9 },
+        },
+        { label: "etcd store: with ids ÷ without", value: throughputRatio(systems, "kv (etcd store, put ids)", "kv (etcd store, no ids)") },
+      ],
+    };
+  });
+}

@@ -202,6 +202,34 @@ describe("Clerk.put outcomes (contract §3)", () => {
     assertLinearizable(history, { seed });
   });
 
+  it("the lab's TestUnreliableNet shape (100 tries, one client, lossy net): no ErrMaybe with put ids, some without", async () => {
+    const tries = async (withIds: boolean) => {
+      const net = new SimNetwork(new KVServer(new MemoryStore()), { seed: 6, requestLoss: 0.2, replyLoss: 0.2 });
+      const t = net.transport(0);
+      // Without ids the server can keep no record, and says so: the lab's rule.
+      const withoutIds: Transport = {
+        get: (k, o) => t.get(k, o),
+        put: (r, o) => t.put({ ...r, id: undefined }, o),
+        close: () => t.close(),
+      };
+      const clerk = new Clerk(withIds ? t : withoutIds, { clock: net, attemptTimeoutMs: 100 });
+      const errs: string[] = [];
+      let version = 0;
+      for (let i = 0; i < 100; i++) {
+        const r = await clerk.put("k", `v${i}`, version);
+        errs.push(r.err);
+        if (r.err === "OK") version = r.version;
+        else if (r.err === "ErrMaybe") version = ((await clerk.get("k")) as { version: number }).version; // learn where it stands
+      }
+      return { errs, lost: net.stats.lostReplies };
+    };
+    const withIds = await tries(true);
+    expect(withIds.lost).toBeGreaterThan(5);
+    expect(withIds.errs.filter((e) => e !== "OK")).toEqual([]);
+    const withoutIds = await tries(false);
+    expect(withoutIds.errs.filter((e) => e === "ErrMaybe").length).toBeGreaterThan(0);
+  });
+
   it("answers ErrMaybe once retryLimitMs passes with no reply, and rejects ERR_KV_UNAVAILABLE when every try was refused unapplied", async () => {
     const { net } = simulate(5, { replyLoss: 1 });
     const clerk = new Clerk(net.transport(0), { clock: net, attemptTimeoutMs: 100, retryLimitMs: 2_000 });
