@@ -14,6 +14,8 @@ try {
   process.exit(2);
 }
 
+const CLERK_RETRY_LIMIT_MS = 60_000;
+
 let https;
 try {
   if (config.tls !== undefined) https = loadTls(config.tls);
@@ -36,6 +38,13 @@ try {
   process.exit(1);
 }
 const app = await buildApp(config, store, https === undefined ? {} : { https });
+// A clerk retries a put for 60 s by default, after it took up to the request timeout to arrive.
+if (config.idRetentionMs < config.requestTimeoutMs + CLERK_RETRY_LIMIT_MS) {
+  app.log.warn(
+    { idRetentionMs: config.idRetentionMs },
+    `KV_ID_RETENTION_MS is below KV_REQUEST_TIMEOUT_MS + ${CLERK_RETRY_LIMIT_MS} ms: a clerk's retry may find its put's completion record gone, and answer a new decision`,
+  );
+}
 
 closeWithGrace({ delay: 10_000, logger: { error: (msg: unknown) => app.log.error(msg) } }, async ({ signal, err }) => {
   if (err) app.log.error({ err }, "closing after an error");

@@ -130,7 +130,9 @@ export function measureStore(store: Store, kind: string, metrics: Metrics): Stor
       help: "Completion records the store keeps now (KV_ID_RETENTION_MS, KV_MAX_IDS)",
       registers: [metrics.registry],
       async collect() {
-        this.set(await completionRecords.call(store));
+        // A store that cannot count now (etcd unreachable) leaves the last count: the rest of /metrics matters most then.
+        const count = await completionRecords.call(store).catch(() => undefined);
+        if (count !== undefined) this.set(count);
       },
     });
   }

@@ -230,7 +230,7 @@ describe("Clerk.put outcomes (contract §3)", () => {
     expect(withoutIds.errs.filter((e) => e === "ErrMaybe").length).toBeGreaterThan(0);
   });
 
-  it("answers ErrMaybe once retryLimitMs passes with no reply, and rejects ERR_KV_UNAVAILABLE when every try was refused unapplied", async () => {
+  it("answers ErrMaybe once retryLimitMs passes with no reply, and retries refusals that applied nothing past it", async () => {
     const { net } = simulate(5, { replyLoss: 1 });
     const clerk = new Clerk(net.transport(0), { clock: net, attemptTimeoutMs: 100, retryLimitMs: 2_000 });
     const startedAt = net.now();
@@ -238,13 +238,18 @@ describe("Clerk.put outcomes (contract §3)", () => {
     expect(net.now() - startedAt).toBeLessThanOrEqual(2_000 + 100);
     expect(net.now() - startedAt).toBeGreaterThan(1_000);
 
-    const refusing: Transport = {
-      get: () => Promise.reject(new UnavailableError("overloaded")),
-      put: () => Promise.reject(new UnavailableError("overloaded")),
-      close: async () => {},
+    let refusals = 0;
+    const inner = net.transport(1);
+    net.setFaults({ replyLoss: 0 });
+    const refusingAWhile: Transport = {
+      get: (key, options) => inner.get(key, options),
+      put: (request, options) => (refusals++ < 40 ? Promise.reject(new UnavailableError("overloaded")) : inner.put(request, options)),
+      close: () => inner.close(),
     };
-    const refused = new Clerk(refusing, { clock: net, retryLimitMs: 2_000 });
-    await expect(refused.put("k", "v", 0)).rejects.toMatchObject({ code: "ERR_KV_UNAVAILABLE" });
+    const patient = new Clerk(refusingAWhile, { clock: net, retryLimitMs: 2_000, backoff: { baseMs: 100, maxMs: 200 } });
+    const from = net.now();
+    expect(await patient.put("k2", "v", 0)).toEqual({ err: "OK", version: 1 });
+    expect(net.now() - from).toBeGreaterThan(2_000); // refused for longer than the limit, and applied in the end
   });
 });
 

@@ -120,8 +120,8 @@ export class Clerk {
    * keeps completion records answers each try the put's one decision. With no reply within
    * `retryLimitMs` it answers `ErrMaybe`: the put may have been applied. Against a server that
    * keeps no records (the transport says so), once a try got no reply a later `ErrVersion`
-   * becomes `ErrMaybe` too. Rejects as `get` does, `ERR_KV_TOO_LARGE` for a value over the
-   * limit, and `ERR_KV_UNAVAILABLE` when every try within `retryLimitMs` was refused unapplied.
+   * becomes `ErrMaybe` too. Refusals that say nothing was applied (503, 429) are retried on.
+   * Rejects as `get` does, and `ERR_KV_TOO_LARGE` for a value over the limit.
    */
   async put(key: string, value: string, version: number, options: CallOptions = {}): Promise<PutResult> {
     checkKey(key);
@@ -163,9 +163,8 @@ export class Clerk {
   }
 
   /**
-   * Tries `attempt` until it answers. With `deadline` (a write's retry limit), no try starts
-   * after it: then it answers {@link GAVE_UP} once a try went unanswered, and rejects with the
-   * last refusal when every try was refused unapplied.
+   * Tries `attempt` until it answers. With `deadline` (a write's retry limit), once a try went
+   * unanswered no try starts after it: it answers {@link GAVE_UP} instead.
    */
   async #retry<R>(
     signal: AbortSignal | undefined,
@@ -197,10 +196,9 @@ export class Clerk {
           throw err;
         }
         if (retryChannel.hasSubscribers) retryChannel.publish({ attempt: n, waitMs, error: err });
-        if (deadline !== undefined && this.#clock.now() + waitMs > deadline) {
-          if (hadNoReply) return GAVE_UP;
-          throw err;
-        }
+        // Past a write's retry limit, an unanswered try makes it ErrMaybe; refusals alone (503,
+        // 429: not applied) are retried on, as a read is.
+        if (deadline !== undefined && hadNoReply && this.#clock.now() + waitMs > deadline) return GAVE_UP;
       }
       await this.#pause(waitMs, signal);
     }

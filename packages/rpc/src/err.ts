@@ -12,8 +12,9 @@ export type GetResult = { err: "OK"; value: string; version: number } | { err: "
 
 /**
  * `put`: the key's new version, `ErrVersion` (the key exists at another version),
- * `ErrNoKey` (absent and version > 0), or — from a clerk only — `ErrMaybe` (a retry met
- * `ErrVersion` after an earlier try got no reply: the put may have been applied).
+ * `ErrNoKey` (absent and version > 0), or — from a clerk only — `ErrMaybe` (no try got a
+ * reply within the clerk's `retryLimitMs`; against a server without completion records, also
+ * a retry that met `ErrVersion` after an earlier try got no reply): the put may have been applied.
  */
 export type PutResult = { err: "OK"; version: number } | { err: "ErrVersion" | "ErrNoKey" | "ErrMaybe" };
 

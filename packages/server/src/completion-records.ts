@@ -32,6 +32,7 @@ export interface CompletionRecordOptions {
 
 export const DEFAULT_ID_RETENTION_MS = 120_000;
 export const DEFAULT_MAX_IDS = 1_000_000;
+const SWEEP_INTERVAL_MS = 100;
 
 /**
  * The decision for a put that found the key at another version (`current`, undefined: absent):
@@ -68,6 +69,7 @@ export class CompletionRecords {
   readonly now: () => number;
   readonly recordRefusals: boolean;
   readonly #records = new Map<string, CompletionRecord>();
+  #sweptAt = Number.NEGATIVE_INFINITY;
 
   constructor(options: CompletionRecordOptions = {}) {
     this.retentionMs = options.retentionMs ?? DEFAULT_ID_RETENTION_MS;
@@ -85,10 +87,12 @@ export class CompletionRecords {
 
   /** Records `decision` for `id`; throws `StoreUnavailableError` when full (call {@link assertRoom} before a write). */
   add(id: string, key: string, version: number, decision: PutDecision): void {
-    this.sweep();
+    const now = this.now();
+    // Swept now and then, not at each add: a record a little past its retention costs nothing.
+    if (now - this.#sweptAt >= SWEEP_INTERVAL_MS) this.sweep();
     this.assertRoom();
     this.#records.delete(id); // an expired one, still held: the new one goes to the back
-    this.#records.set(id, { kind: "put", key, version, decision, at: this.now() });
+    this.#records.set(id, { kind: "put", key, version, decision, at: now });
   }
 
   /** Throws `StoreUnavailableError` unless one more record may be made (after dropping the expired). */
@@ -102,6 +106,7 @@ export class CompletionRecords {
 
   /** Drops the records past their retention. */
   sweep(): void {
+    this.#sweptAt = this.now();
     for (const [id, record] of this.#records) {
       if (!this.#isExpired(record)) return;
       this.#records.delete(id);

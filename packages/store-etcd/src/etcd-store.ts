@@ -42,7 +42,8 @@ const BREAKER_OPEN_MS = 1_000;
 // Completion records are etcd keys under the prefix: 0xFF + the id. kv's keys are UTF-8, which
 // never holds the byte 0xFF, so the two never meet. Each is attached to a lease that etcd expires:
 // a lease is used for new records while younger than a quarter of the retention, and lives the
-// retention past that, so every record lasts at least the retention (a little more at most).
+// retention past that (and a call's timeout more: a record may commit that much after its lease
+// was picked), so every record lasts at least the retention.
 const RECORD_MARK = 0xff;
 const LEASE_ROTATIONS_PER_RETENTION = 4;
 // How stale the record count may be when a write checks it against maxIds.
@@ -51,9 +52,11 @@ const RECORD_COUNT_MAX_AGE_MS = 1_000;
 /**
  * A {@link Store} on an etcd v3 cluster. A kv version is etcd's per-key `version` (1 on
  * create, one more on each put; kv never deletes). A conditional put is one etcd transaction —
- * `if (version == n) put else get` — whose else branch tells `ErrNoKey` from `ErrVersion` at
- * the same revision. Reads are etcd's linearizable reads. The store keeps no state of its own,
- * so any number of kv servers may share one cluster.
+ * `if (version == n) put else get`; with a put id, `if (version == n and no record of the id)
+ * put both, else get both` — whose else branch tells `ErrNoKey`, `ErrVersion` and a decision
+ * already recorded apart at the same revision. Reads are etcd's linearizable reads. Completion
+ * records are etcd keys too, so any number of kv servers may share one cluster: the store keeps
+ * only its lease for new records and a count of them.
  */
 export class EtcdStore implements Store {
   readonly #client: Etcd3;
@@ -69,7 +72,7 @@ export class EtcdStore implements Store {
   readonly #recordRefusals: boolean;
   #lease: { id: Promise<string>; grantedAt: number } | undefined;
   // The records in etcd as last counted (every kv server's), and those this one made since.
-  #recordCount = { counted: 0, at: Number.NEGATIVE_INFINITY, addedSince: 0, counting: undefined as Promise<void> | undefined };
+  #recordCount = { counted: 0, at: Number.NEGATIVE_INFINITY, added: 0, addedBefore: 0, counting: undefined as Promise<void> | undefined };
 
   constructor(options: EtcdStoreOptions) {
     this.#client = new Etcd3({
@@ -138,7 +141,14 @@ export class EtcdStore implements Store {
     const encoded = encodeRecord(value, putId);
     if (putId !== undefined && !(await this.#hasRoom())) {
       // Full: only a try of a write already decided is answered, from its record.
-      const record = decisionOf((await this.#kv.get(recordKeyOf(putId)).options(this.#callOptions()).exec()).kvs[0]);
+      const read = await this.#kv
+        .get(recordKeyOf(putId))
+        .options(this.#callOptions())
+        .exec()
+        .catch((err: unknown) => {
+          throw new StoreUnavailableError(`etcd did not answer a read: ${(err as Error).message}`, { cause: err });
+        });
+      const record = decisionOf(read.kvs[0]);
       if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId) };
       throw new StoreUnavailableError(
         `${this.#maxIds} completion records are kept (KV_MAX_IDS): writes with an id wait for some to expire`,
@@ -179,7 +189,7 @@ export class EtcdStore implements Store {
           .options(this.#callOptions())
           .commit();
         if (res.succeeded) {
-          this.#recordCount.addedSince++;
+          this.#recordCount.added++;
           return { ok: true, version: expectedVersion + 1 };
         }
         const record = decisionOf(res.responses[1]?.response_range.kvs[0]);
@@ -227,7 +237,7 @@ export class EtcdStore implements Store {
       .options(this.#callOptions())
       .commit();
     if (res.succeeded) {
-      this.#recordCount.addedSince++;
+      this.#recordCount.added++;
       return { ok: false, current };
     }
     const record = decisionOf(res.responses[0]?.response_range.kvs[0]);
@@ -237,11 +247,11 @@ export class EtcdStore implements Store {
 
   /** The lease new records are attached to: granted lazily, replaced once a quarter of the retention old. */
   #leaseId(): Promise<string> {
-    const now = Date.now();
+    const now = performance.now();
     const rotationMs = this.#retentionMs / LEASE_ROTATIONS_PER_RETENTION;
     if (this.#lease !== undefined && now - this.#lease.grantedAt < rotationMs) return this.#lease.id;
     // Counted from before the grant is asked for: etcd's TTL starts no sooner.
-    const ttlSeconds = Math.ceil((this.#retentionMs + rotationMs) / 1000);
+    const ttlSeconds = Math.ceil((this.#retentionMs + rotationMs + this.#callTimeoutMs) / 1000);
     const id = this.#client.leaseClient.leaseGrant({ TTL: ttlSeconds }, this.#callOptions()).then((res) => String(res.ID));
     const lease = { id, grantedAt: now };
     this.#lease = lease;
@@ -254,19 +264,20 @@ export class EtcdStore implements Store {
   /** Whether fewer than `maxIds` records are kept, by a count at most a second old (every server's, plus this one's since). */
   async #hasRoom(): Promise<boolean> {
     const count = this.#recordCount;
-    if (Date.now() - count.at > RECORD_COUNT_MAX_AGE_MS) {
+    if (performance.now() - count.at > RECORD_COUNT_MAX_AGE_MS) {
+      const addedBefore = count.added; // those made while it counts may be in the count, or not: kept on top
       count.counting ??= this.#countRecords()
         .then((n) => {
           count.counted = n;
-          count.addedSince = 0;
-          count.at = Date.now();
+          count.addedBefore = addedBefore;
+          count.at = performance.now();
         })
         .catch(() => {}) // counted again at the next write
         .finally(() => (count.counting = undefined));
       // A stale count near the cap is waited for; far below it, the write goes on.
-      if (count.counted + count.addedSince >= this.#maxIds / 2) await count.counting;
+      if (count.counted + count.added - count.addedBefore >= this.#maxIds / 2) await count.counting;
     }
-    return count.counted + count.addedSince < this.#maxIds;
+    return count.counted + count.added - count.addedBefore < this.#maxIds;
   }
 
   #countRecords(): Promise<number> {
@@ -298,12 +309,10 @@ export class EtcdStore implements Store {
     if (this.#watching !== undefined || this.#closed) return;
     const watching: Promise<Watcher | undefined> = this.#kv
       .watch()
-      .prefix("")
+      .inRange({ start: "", end: Buffer.from([RECORD_MARK]) }) // every key, and none of the records
       .create()
       .then((watcher) => {
-        watcher.on("put", (kv) => {
-          if (kv.key[0] !== RECORD_MARK) this.#watchers.notify(kv.key.toString("utf8"));
-        });
+        watcher.on("put", (kv) => this.#watchers.notify(kv.key.toString("utf8")));
         // Disconnections etcd3 heals itself, then says "connected": what it missed is read again.
         watcher.on("connected", () => this.#watchers.notifyAll());
         // etcd3 does not resume a watch etcd ended (e.g. compacted past it): make another for

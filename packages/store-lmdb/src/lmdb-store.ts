@@ -52,6 +52,7 @@ interface AppliedRecord {
 const RECORD_MARK = 0xfe;
 // Expired records are removed this often, in the background, as ordinary batched writes.
 const SWEEP_INTERVAL_MS = 1_000;
+const SWEEP_BATCH = 10_000;
 
 // LMDB keys are at most 1978 bytes; kv keys may be longer (4096 bytes). A longer key is stored
 // under 0xFF + its SHA-256: no UTF-8 string starts with the byte 0xFF, so the two never meet.
@@ -76,6 +77,8 @@ export class LmdbStore implements Store {
   readonly #applied: Map<string, number>;
   // Puts with an id being decided: a second try of one waits for the first, so each id is decided once.
   readonly #deciding = new Map<string, Promise<PutIfVersionResult>>();
+  // Records on their way to disk: counted against maxIds already.
+  #pendingRecords = 0;
   readonly #sweeper: NodeJS.Timeout;
   #closed: Promise<void> | undefined;
 
@@ -158,7 +161,6 @@ export class LmdbStore implements Store {
     const stored: Record = { v: value };
     if (putId !== undefined) stored.p = putId;
     if (lmdb[0] === DIGEST_MARK) stored.k = key;
-    const version = expectedVersion + 1;
     const refuse = (current: StoredEntry | undefined): PutIfVersionResult => {
       if (putId !== undefined && isRetry && this.#refusals.recordRefusals) {
         this.#assertRoom();
@@ -170,7 +172,26 @@ export class LmdbStore implements Store {
     // contention (a lock's waiters racing for a released key) most puts are such puts.
     const before = this.#read(key);
     if ((before?.version ?? 0) !== expectedVersion) return refuse(before);
-    if (putId !== undefined) this.#assertRoom();
+    if (putId !== undefined) {
+      this.#assertRoom();
+      this.#pendingRecords++;
+    }
+    try {
+      return await this.#write(key, lmdb, stored, expectedVersion, putId, refuse);
+    } finally {
+      if (putId !== undefined) this.#pendingRecords--;
+    }
+  }
+
+  async #write(
+    key: string,
+    lmdb: Buffer,
+    stored: Record,
+    expectedVersion: number,
+    putId: string | undefined,
+    refuse: (current: StoredEntry | undefined) => PutIfVersionResult,
+  ): Promise<PutIfVersionResult> {
+    const version = expectedVersion + 1;
     while (true) {
       // Applied in the write transaction only if the entry is at expectedVersion then (absent
       // for 0), with its completion record; resolves once the commit is on disk.
@@ -207,6 +228,10 @@ export class LmdbStore implements Store {
     return this.#applied.size + this.#refusals.size;
   }
 
+  get #recordCount(): number {
+    return this.#applied.size + this.#refusals.size + this.#pendingRecords;
+  }
+
   #recordOf(putId: string): CompletionRecord | undefined {
     const refusal = this.#refusals.get(putId);
     if (refusal !== undefined) return refusal;
@@ -218,21 +243,26 @@ export class LmdbStore implements Store {
   }
 
   #assertRoom(): void {
-    if (this.#applied.size + this.#refusals.size < this.#refusals.maxIds) return;
+    if (this.#recordCount < this.#refusals.maxIds) return;
     this.#sweep();
-    if (this.#applied.size + this.#refusals.size >= this.#refusals.maxIds) {
+    if (this.#recordCount >= this.#refusals.maxIds) {
       throw new StoreUnavailableError(
         `${this.#refusals.maxIds} completion records are kept (KV_MAX_IDS): writes with an id wait for some to expire`,
       );
     }
   }
 
-  /** Drops the records past their retention: from memory at once, from disk in the next batched write. */
+  /**
+   * Drops the records past their retention: from memory at once, from disk in the next batched
+   * write — a bounded number each time, so a backlog (records that expired while the server was
+   * down) never holds one commit long.
+   */
   #sweep(): void {
     this.#refusals.sweep();
     if (this.#closed !== undefined) return;
+    let removed = 0;
     for (const [id, at] of this.#applied) {
-      if (!this.#isExpired(at)) break;
+      if (!this.#isExpired(at) || removed++ >= SWEEP_BATCH) break;
       this.#applied.delete(id);
       this.#db.remove(recordKey(id)).catch(() => {}); // closing: it is removed at the next open's first sweep
     }

@@ -76,6 +76,11 @@ export async function kvRoutes(app: FastifyInstance, { server, config, metrics, 
       checkKey(key, config.maxKeyBytes);
       const { value, version, id, retry } = request.body;
       checkValue(value, config.maxValueBytes);
+      // A try held here past the request timeout (a paused process, a stalled loop) could
+      // outlive its completion record: refused, not applied; the clerk's retry decides it.
+      if (id !== undefined && reply.elapsedTime > config.requestTimeoutMs) {
+        return refuse(reply, "ErrUnavailable", "the put waited too long to reach the store: not applied");
+      }
       const result = await server.put(key, value, version, id, { isRetry: retry === true });
       if (result.err === "ErrVersion") metrics.putConflicts.inc();
       return reply.code(statusByErr[result.err]).send(result);
