@@ -40,11 +40,11 @@ describe("LmdbStore.close", () => {
 });
 
 describe("LmdbStore completion records", () => {
-  /** The keys of completion records on disk (0xFE + id), read by lmdb itself. */
+  /** The ids of completion records on disk (0xFE + when + id), read by lmdb itself. */
   const recordsOnDisk = (path: string) => {
     const env = open({ path, noSubdir: false, useVersions: true, keyEncoding: "binary", encoding: "msgpack", readOnly: true });
     try {
-      return [...env.getKeys({ start: Buffer.from([0xfe]), end: Buffer.from([0xff]) })].map((k) => (k as Buffer).toString("utf8", 1));
+      return [...env.getKeys({ start: Buffer.from([0xfe]), end: Buffer.from([0xff]) })].map((k) => (k as Buffer).toString("utf8", 9));
     } finally {
       void env.close();
     }

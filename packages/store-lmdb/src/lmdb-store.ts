@@ -35,20 +35,14 @@ interface Record {
   k?: string;
 }
 
-/** The completion record of a put that applied, kept on disk with the write it records. */
-interface AppliedRecord {
-  /** The key, and the version the put named. */
-  k: string;
-  n: number;
-  /** The version it made. */
-  v: number;
-  /** When, on the store's clock. */
-  t: number;
-}
+/** The completion record of a put that applied, kept on disk with the write it records: [version named, version made, key]. */
+type AppliedRecord = [number, number, string];
 
-// Completion records live in the same LMDB database as the keys, under 0xFE + the id: no UTF-8
-// string starts with 0xFE, so they never meet a key. (Not a named database: LMDB keeps the names
-// of named databases as keys of the main one, where a kv key of the same name would collide.)
+// Completion records live in the same LMDB database as the keys, under 0xFE + when (8 bytes) +
+// the id: no UTF-8 string starts with 0xFE, so they never meet a key (not a named database:
+// LMDB keeps the names of named databases as keys of the main one, where a kv key of the same
+// name would collide). In time order, new records are appended at the end of the tree rather
+// than scattered through it: a commit dirties a page or two for them, not one per record.
 const RECORD_MARK = 0xfe;
 // Expired records are removed this often, in the background, as ordinary batched writes.
 const SWEEP_INTERVAL_MS = 1_000;
@@ -75,8 +69,6 @@ export class LmdbStore implements Store {
   readonly #refusals: CompletionRecords;
   // The applied records on disk, id → when, oldest first: what expiry walks and the cap counts.
   readonly #applied: Map<string, number>;
-  // Puts with an id being decided: a second try of one waits for the first, so each id is decided once.
-  readonly #deciding = new Map<string, Promise<PutIfVersionResult>>();
   // Records on their way to disk: counted against maxIds already.
   #pendingRecords = 0;
   readonly #sweeper: NodeJS.Timeout;
@@ -123,6 +115,12 @@ export class LmdbStore implements Store {
     return this.#read(key);
   }
 
+  /**
+   * Two tries of one put may race here: each is decided by LMDB's conditional write on the key's
+   * version, and one that loses reads the key back, finds its own id at the version above the
+   * one it named (`refusalOf`), and records the same decision. Versions only grow, so a try
+   * refused because the key passed its version can never apply later.
+   */
   putIfVersion(
     key: string,
     value: string,
@@ -130,19 +128,7 @@ export class LmdbStore implements Store {
     putId: string | undefined,
     options: PutOptions = {},
   ): Promise<PutIfVersionResult> {
-    if (putId === undefined) return this.#put(key, value, expectedVersion, undefined, false);
-    const previous = this.#deciding.get(putId);
-    const isRetry = options.isRetry === true;
-    const deciding =
-      previous === undefined
-        ? this.#put(key, value, expectedVersion, putId, isRetry)
-        : previous.catch(() => {}).then(() => this.#put(key, value, expectedVersion, putId, isRetry));
-    this.#deciding.set(putId, deciding);
-    const forget = () => {
-      if (this.#deciding.get(putId) === deciding) this.#deciding.delete(putId);
-    };
-    deciding.then(forget, forget);
-    return deciding;
+    return this.#put(key, value, expectedVersion, putId, options.isRetry === true);
   }
 
   async #put(
@@ -157,69 +143,66 @@ export class LmdbStore implements Store {
       const record = this.#recordOf(putId);
       if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId) };
     }
+    // A put that cannot apply is answered from a read: no write transaction, no sync. Under
+    // contention (a lock's waiters racing for a released key) most puts are such puts.
+    const before = this.#read(key);
+    if ((before?.version ?? 0) !== expectedVersion) return this.#refuse(key, expectedVersion, putId, isRetry, before);
     const lmdb = lmdbKey(key);
     const stored: Record = { v: value };
     if (putId !== undefined) stored.p = putId;
     if (lmdb[0] === DIGEST_MARK) stored.k = key;
-    const refuse = (current: StoredEntry | undefined): PutIfVersionResult => {
-      if (putId !== undefined && isRetry && this.#refusals.recordRefusals) {
-        this.#assertRoom();
-        this.#refusals.add(putId, key, expectedVersion, refusalOf(current, expectedVersion, putId));
-      }
-      return { ok: false, current };
-    };
-    // A put that cannot apply is answered from a read: no write transaction, no sync. Under
-    // contention (a lock's waiters racing for a released key) most puts are such puts.
-    const before = this.#read(key);
-    if ((before?.version ?? 0) !== expectedVersion) return refuse(before);
+    const version = expectedVersion + 1;
     if (putId !== undefined) {
       this.#assertRoom();
       this.#pendingRecords++;
     }
     try {
-      return await this.#write(key, lmdb, stored, expectedVersion, putId, refuse);
+      while (true) {
+        // Applied in the write transaction only if the entry is at expectedVersion then (absent
+        // for 0), with its completion record; resolves once the commit is on disk.
+        let at = 0;
+        let isApplied: boolean;
+        if (putId === undefined) {
+          // lmdb-js takes ifVersion null for "only if absent", though its types say number.
+          isApplied = await this.#db.put(lmdb, stored, version, (expectedVersion === 0 ? null : expectedVersion) as number);
+        } else {
+          const write = () => {
+            at = this.#refusals.now();
+            this.#db.put(lmdb, stored, version);
+            this.#db.put(recordKey(at, putId), [expectedVersion, version, key] satisfies AppliedRecord as never);
+          };
+          isApplied = await (expectedVersion === 0 ? this.#db.ifNoExists(lmdb, write) : this.#db.ifVersion(lmdb, expectedVersion, write));
+        }
+        if (isApplied) {
+          if (putId !== undefined) this.#applied.set(putId, at);
+          this.#watchers.notify(key);
+          return { ok: true, version };
+        }
+        // LMDB says only "not applied", not why. Versions only grow and keys are never removed,
+        // so an entry read now at another version, or absent, explains the refusal at this very
+        // moment. One read back at expectedVersion moved there since: the put may apply now.
+        this.#assertOpen(); // closed while the put was committed: the environment is gone
+        const current = this.#read(key);
+        if (current?.version !== expectedVersion) return this.#refuse(key, expectedVersion, putId, isRetry, current);
+      }
     } finally {
       if (putId !== undefined) this.#pendingRecords--;
     }
   }
 
-  async #write(
+  /** A put refused by `current`; a retry's refusal recorded. */
+  #refuse(
     key: string,
-    lmdb: Buffer,
-    stored: Record,
     expectedVersion: number,
     putId: string | undefined,
-    refuse: (current: StoredEntry | undefined) => PutIfVersionResult,
-  ): Promise<PutIfVersionResult> {
-    const version = expectedVersion + 1;
-    while (true) {
-      // Applied in the write transaction only if the entry is at expectedVersion then (absent
-      // for 0), with its completion record; resolves once the commit is on disk.
-      let at = 0;
-      let isApplied: boolean;
-      if (putId === undefined) {
-        // lmdb-js takes ifVersion null for "only if absent", though its types say number.
-        isApplied = await this.#db.put(lmdb, stored, version, (expectedVersion === 0 ? null : expectedVersion) as number);
-      } else {
-        const write = () => {
-          at = this.#refusals.now();
-          this.#db.put(lmdb, stored, version);
-          this.#db.put(recordKey(putId), { k: key, n: expectedVersion, v: version, t: at } satisfies AppliedRecord as never);
-        };
-        isApplied = await (expectedVersion === 0 ? this.#db.ifNoExists(lmdb, write) : this.#db.ifVersion(lmdb, expectedVersion, write));
-      }
-      if (isApplied) {
-        if (putId !== undefined) this.#applied.set(putId, at);
-        this.#watchers.notify(key);
-        return { ok: true, version };
-      }
-      // LMDB says only "not applied", not why. Versions only grow and keys are never removed,
-      // so an entry read now at another version, or absent, explains the refusal at this very
-      // moment. One read back at expectedVersion moved there since: the put may apply now.
-      this.#assertOpen(); // closed while the put was committed: the environment is gone
-      const current = this.#read(key);
-      if (current?.version !== expectedVersion) return refuse(current);
+    isRetry: boolean,
+    current: StoredEntry | undefined,
+  ): PutIfVersionResult {
+    if (putId !== undefined && isRetry && this.#refusals.recordRefusals) {
+      this.#assertRoom();
+      this.#refusals.add(putId, key, expectedVersion, refusalOf(current, expectedVersion, putId));
     }
+    return { ok: false, current };
   }
 
   /** How many completion records are kept: applied ones on disk, refusals in memory. */
@@ -237,9 +220,10 @@ export class LmdbStore implements Store {
     if (refusal !== undefined) return refusal;
     const at = this.#applied.get(putId);
     if (at === undefined || this.#isExpired(at)) return undefined;
-    const applied = this.#db.get(recordKey(putId)) as unknown as AppliedRecord | undefined;
+    const applied = this.#db.get(recordKey(at, putId)) as unknown as AppliedRecord | undefined;
     if (applied === undefined) return undefined;
-    return { kind: "put", key: applied.k, version: applied.n, decision: { err: "OK", version: applied.v }, at: applied.t };
+    const [named, made, key] = applied;
+    return { kind: "put", key, version: named, decision: { err: "OK", version: made }, at };
   }
 
   #assertRoom(): void {
@@ -264,7 +248,7 @@ export class LmdbStore implements Store {
     for (const [id, at] of this.#applied) {
       if (!this.#isExpired(at) || removed++ >= SWEEP_BATCH) break;
       this.#applied.delete(id);
-      this.#db.remove(recordKey(id)).catch(() => {}); // closing: it is removed at the next open's first sweep
+      this.#db.remove(recordKey(at, id)).catch(() => {}); // closing: it is removed at the next open's first sweep
     }
   }
 
@@ -308,17 +292,21 @@ export function openLmdbStore(options: LmdbStoreOptions): Promise<LmdbStore> {
   return LmdbStore.open(options);
 }
 
-function recordKey(putId: string): Buffer {
-  return Buffer.concat([Buffer.from([RECORD_MARK]), Buffer.from(putId, "utf8")]);
+function recordKey(at: number, putId: string): Buffer {
+  const key = Buffer.allocUnsafe(9 + Buffer.byteLength(putId));
+  key[0] = RECORD_MARK;
+  key.writeDoubleBE(at, 1); // a positive double's big-endian bytes sort as the number does
+  key.write(putId, 9);
+  return key;
 }
 
 /** The applied records on disk, id → when, oldest first. */
 function loadAppliedRecords(db: RootDatabase<Record, Buffer>): Map<string, number> {
   const found: [string, number][] = [];
-  for (const { key, value } of db.getRange({ start: Buffer.from([RECORD_MARK]), end: Buffer.from([RECORD_MARK + 1]) })) {
-    found.push([(key as Buffer).toString("utf8", 1), (value as unknown as AppliedRecord).t]);
+  for (const key of db.getKeys({ start: Buffer.from([RECORD_MARK]), end: Buffer.from([RECORD_MARK + 1]) })) {
+    found.push([(key as Buffer).toString("utf8", 9), (key as Buffer).readDoubleBE(1)]);
   }
-  return new Map(found.sort((a, b) => a[1] - b[1]));
+  return new Map(found); // in key order, which is time order
 }
 
 function lmdbKey(key: string): Buffer {
