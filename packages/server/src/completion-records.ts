@@ -34,6 +34,10 @@ export const DEFAULT_ID_RETENTION_MS = 120_000;
 export const DEFAULT_MAX_IDS = 1_000_000;
 const SWEEP_INTERVAL_MS = 100;
 
+/** A put that needs a new record when `maxIds` are kept: refused, not applied (503). */
+export const recordsFull = (maxIds: number): StoreUnavailableError =>
+  new StoreUnavailableError(`${maxIds} completion records are kept (KV_MAX_IDS): writes with an id wait for some to expire`);
+
 /**
  * The decision for a put that found the key at another version (`current`, undefined: absent):
  * `ErrNoKey`, `ErrVersion` — or, without a record, the old rule: the put whose id made the
@@ -100,7 +104,7 @@ export class CompletionRecords {
     if (this.#records.size < this.maxIds) return;
     this.sweep();
     if (this.#records.size >= this.maxIds) {
-      throw new StoreUnavailableError(`${this.maxIds} completion records are kept (KV_MAX_IDS): writes with an id wait for some to expire`);
+      throw recordsFull(this.maxIds);
     }
   }
 

@@ -17,6 +17,7 @@ export {
   type PutDecision,
   DEFAULT_ID_RETENTION_MS,
   DEFAULT_MAX_IDS,
+  recordsFull,
   refusalOf,
   replayOf,
 } from "./completion-records";

@@ -6,6 +6,7 @@ import {
   DEFAULT_MAX_IDS,
   KeyWatchers,
   type PutDecision,
+  recordsFull,
   type PutIfVersionResult,
   type PutOptions,
   refusalOf,
@@ -150,9 +151,7 @@ export class EtcdStore implements Store {
         });
       const record = decisionOf(read.kvs[0]);
       if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId) };
-      throw new StoreUnavailableError(
-        `${this.#maxIds} completion records are kept (KV_MAX_IDS): writes with an id wait for some to expire`,
-      );
+      throw recordsFull(this.#maxIds);
     }
     let isAmbiguous = false; // a try may have reached etcd, and nobody knows whether it was applied
     let lastError: unknown;

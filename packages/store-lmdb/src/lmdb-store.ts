@@ -10,12 +10,12 @@ import {
   KeyWatchers,
   type PutIfVersionResult,
   type PutOptions,
+  recordsFull,
   refusalOf,
   replayOf,
   type Store,
   StoreOpenError,
   type StoredEntry,
-  StoreUnavailableError,
 } from "@kv/server";
 import { open, type RootDatabase } from "lmdb";
 
@@ -230,9 +230,7 @@ export class LmdbStore implements Store {
     if (this.#recordCount < this.#refusals.maxIds) return;
     this.#sweep();
     if (this.#recordCount >= this.#refusals.maxIds) {
-      throw new StoreUnavailableError(
-        `${this.#refusals.maxIds} completion records are kept (KV_MAX_IDS): writes with an id wait for some to expire`,
-      );
+      throw recordsFull(this.#refusals.maxIds);
     }
   }
 
