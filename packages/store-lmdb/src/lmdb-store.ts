@@ -198,6 +198,10 @@ export class LmdbStore implements Store {
     isRetry: boolean,
     current: StoredEntry | undefined,
   ): PutIfVersionResult {
+    // An earlier try of this id may have committed in a batch before this one, and others may
+    // have written the key since: `current` no longer shows it, its record does.
+    const record = putId === undefined ? undefined : this.#recordOf(putId);
+    if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId as string) };
     if (putId !== undefined && isRetry && this.#refusals.recordRefusals) {
       this.#assertRoom();
       this.#refusals.add(putId, key, expectedVersion, refusalOf(current, expectedVersion, putId));

@@ -276,6 +276,26 @@ export function describeStoreConformance(
         expect(await store.get("race")).toEqual({ value: "v", version: 1, putId: "r" });
       });
 
+      it("answers a retry from its first try's record when the first try committed while the retry waited and another write followed", async () => {
+        const store = await fresh();
+        const kv = new KVServer(store);
+        const timings = [() => Promise.resolve(), () => new Promise((r) => setImmediate(r)), () => new Promise((r) => setTimeout(r, 1))];
+        for (let i = 0; i < 60; i++) {
+          const key = `busy-${i}`;
+          expect(await kv.put(key, "init", 0, undefined)).toEqual({ err: "OK", version: 1 });
+          const first = store.putIfVersion(key, "mine", 1, `mine-${i}`);
+          await timings[i % timings.length]?.(); // the retry in the first try's commit, or in a later one
+          const retry = kv.put(key, "mine", 1, `mine-${i}`, { isRetry: true });
+          // As soon as the first try is applied, someone else writes over it.
+          const next = first.then(() => store.putIfVersion(key, "theirs", 2, `theirs-${i}`));
+          // Either try may reach the store first: the other is answered from its record.
+          expect([{ ok: true, version: 2 }, { recorded: { err: "OK", version: 2 } }]).toContainEqual(await first);
+          expect(await retry).toEqual({ err: "OK", version: 2 });
+          expect(await next).toEqual({ ok: true, version: 3 });
+          expect(await kv.put(key, "mine", 1, `mine-${i}`, { isRetry: true })).toEqual({ err: "OK", version: 2 });
+        }
+      });
+
       it("refuses an id recorded for another write with InvalidArgumentError, changing nothing", async () => {
         const store = await fresh();
         expect(await store.putIfVersion("k", "v", 0, "once")).toEqual({ ok: true, version: 1 });
