@@ -46,6 +46,12 @@ if (config.idRetentionMs < config.requestTimeoutMs + CLERK_RETRY_LIMIT_MS) {
   );
 }
 
+if (!config.recordRefusals) {
+  app.log.warn(
+    "KV_TEST_NO_REFUSAL_RECORDS=1: refusals are not recorded, so a put's earlier try may apply after a retry was refused — for tests only",
+  );
+}
+
 closeWithGrace({ delay: 10_000, logger: { error: (msg: unknown) => app.log.error(msg) } }, async ({ signal, err }) => {
   if (err) app.log.error({ err }, "closing after an error");
   else app.log.info({ signal }, "closing");

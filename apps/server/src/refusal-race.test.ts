@@ -90,7 +90,9 @@ describe("a retry's recorded refusal stops its held-back first try (the built se
   });
 
   it("on LMDB with refusal records switched off (test-only flag), the late try applies: the test would catch it", async () => {
-    expect(await race([await lmdbServer({ KV_TEST_NO_REFUSAL_RECORDS: "1" })])).toEqual(unrecorded);
+    const server = await lmdbServer({ KV_TEST_NO_REFUSAL_RECORDS: "1" });
+    expect(server.output()).toContain("KV_TEST_NO_REFUSAL_RECORDS=1: refusals are not recorded"); // never silently
+    expect(await race([server])).toEqual(unrecorded);
   });
 
   describe("on etcd, two kv servers: the retry goes through the other", () => {
