@@ -59,8 +59,14 @@ describe("GET and PUT /v1/kv/:key (contract §2 over HTTP)", () => {
   });
 
   it("creates a key at version 1 with version 0, then reads it back", async () => {
-    expect(await kv.put("row-create", { value: "v", version: 0 })).toMatchObject({ status: 200, body: { err: "OK", version: 1 } });
-    expect(await kv.get("row-create")).toMatchObject({ status: 200, body: { err: "OK", value: "v", version: 1 } });
+    expect(await kv.put("row-create", { value: "v", version: 0 })).toMatchObject({
+      status: 200,
+      body: { err: "OK", version: 1, revision: expect.any(Number) },
+    });
+    expect(await kv.get("row-create")).toMatchObject({
+      status: 200,
+      body: { err: "OK", value: "v", version: 1, modRevision: expect.any(Number), createRevision: expect.any(Number) },
+    });
   });
 
   it("answers 404 ErrNoKey to a put on an absent key with a version above 0, creating nothing", async () => {
@@ -68,10 +74,13 @@ describe("GET and PUT /v1/kv/:key (contract §2 over HTTP)", () => {
     expect(await kv.get("row-nokey")).toMatchObject({ status: 404 });
   });
 
-  it("writes at the current version and answers the next one", async () => {
-    await kv.put("row-next", { value: "a", version: 0 });
-    expect(await kv.put("row-next", { value: "b", version: 1 })).toMatchObject({ status: 200, body: { err: "OK", version: 2 } });
-    expect(await kv.get("row-next")).toMatchObject({ body: { err: "OK", value: "b", version: 2 } });
+  it("writes at the current version and answers the next one, with the store revisions that made and created it", async () => {
+    const created = (await kv.put("row-next", { value: "a", version: 0 })).body.revision as number;
+    const written = await kv.put("row-next", { value: "b", version: 1 });
+    expect(written).toEqual({ status: 200, headers: expect.anything(), body: { err: "OK", version: 2, revision: expect.any(Number) } });
+    const revision = written.body.revision as number;
+    expect(revision).toBeGreaterThan(created);
+    expect((await kv.get("row-next")).body).toEqual({ err: "OK", value: "b", version: 2, modRevision: revision, createRevision: created });
   });
 
   it("answers 409 ErrVersion at another version and changes nothing", async () => {
@@ -79,15 +88,19 @@ describe("GET and PUT /v1/kv/:key (contract §2 over HTTP)", () => {
     for (const version of [0, 2, MAX_VERSION]) {
       expect(await kv.put("row-conflict", { value: "x", version })).toMatchObject({ status: 409, body: { err: "ErrVersion" } });
     }
-    expect(await kv.get("row-conflict")).toMatchObject({ body: { err: "OK", value: "a", version: 1 } });
+    expect(await kv.get("row-conflict")).toMatchObject({
+      body: { err: "OK", value: "a", version: 1, modRevision: expect.any(Number), createRevision: expect.any(Number) },
+    });
   });
 
   it("answers a retried put with the same id OK, even once another write came in between (its completion record)", async () => {
-    expect(await kv.put("row-id", { value: "a", version: 0, id: "put-1" })).toMatchObject({ body: { err: "OK", version: 1 } });
+    expect(await kv.put("row-id", { value: "a", version: 0, id: "put-1" })).toMatchObject({
+      body: { err: "OK", version: 1, revision: expect.any(Number) },
+    });
     const retry = { value: "a", version: 0, id: "put-1", retry: true };
-    expect(await kv.put("row-id", retry)).toMatchObject({ status: 200, body: { err: "OK", version: 1 } });
+    expect(await kv.put("row-id", retry)).toMatchObject({ status: 200, body: { err: "OK", version: 1, revision: expect.any(Number) } });
     await kv.put("row-id", { value: "b", version: 1, id: "put-2" });
-    expect(await kv.put("row-id", retry)).toMatchObject({ status: 200, body: { err: "OK", version: 1 } });
+    expect(await kv.put("row-id", retry)).toMatchObject({ status: 200, body: { err: "OK", version: 1, revision: expect.any(Number) } });
     expect(await kv.get("row-id")).toMatchObject({ body: { value: "b", version: 2 } });
   });
 
@@ -121,7 +134,7 @@ describe("GET and PUT /v1/kv/:key (contract §2 over HTTP)", () => {
     const replies = await Promise.all(Array.from({ length: 100 }, (_, i) => kv.put("race", { value: `w${i}`, version: 1 })));
     const winners = replies.filter((r) => r.status === 200);
     expect(winners).toHaveLength(1);
-    expect(winners[0]?.body).toEqual({ err: "OK", version: 2 });
+    expect(winners[0]?.body).toEqual({ err: "OK", version: 2, revision: expect.any(Number) });
     expect(replies.filter((r) => r.status === 409 && r.body.err === "ErrVersion")).toHaveLength(99);
     const after = await kv.get("race");
     expect(after.body.version).toBe(2);
@@ -222,8 +235,10 @@ describe("bad input is refused with the contract's reply and changes nothing", (
   // write. Each check takes every call since the previous one, so a write that comes after its
   // reply fails the test in which it lands, and no call after the setup goes unchecked.
   let checkedPuts = 0;
+  let guarded: StoredEntry | undefined;
   beforeAll(async () => {
     await kv.put("guarded", { value: "original", version: 0 });
+    guarded = await kv.store.get("guarded");
     checkedPuts = recorder.puts.length;
   });
   afterEach(() => {
@@ -237,7 +252,8 @@ describe("bad input is refused with the contract's reply and changes nothing", (
     expect(reply.status).toBe(status);
     expect(reply.body.err).toBe(err);
     if (status === 400) expect(typeof reply.body.message).toBe("string");
-    expect(await kv.store.get("guarded")).toEqual({ value: "original", version: 1 });
+    expect(guarded).toMatchObject({ value: "original", version: 1 });
+    expect(await kv.store.get("guarded")).toEqual(guarded);
     expect(await kv.store.get("")).toBeUndefined();
     expect(await kv.store.get("%zz")).toBeUndefined();
     expect(await kv.store.get("k".repeat(4097))).toBeUndefined();
@@ -362,7 +378,7 @@ describe("bearer token (KV_AUTH_TOKEN)", () => {
     expect(await secured.request("GET", "/v1/kv/k", undefined, headers)).toMatchObject({ status: 401, body: { err: "ErrUnauthorized" } });
     expect(await secured.request("PUT", "/v1/kv/k", { value: "x", version: 1 }, headers)).toMatchObject({ status: 401 });
     expect(await secured.request("PUT", "/v1/kv/new", { value: "x", version: 0 }, headers)).toMatchObject({ status: 401 });
-    expect(await secured.store.get("k")).toEqual({ value: "original", version: 1 });
+    expect(await secured.store.get("k")).toEqual({ value: "original", version: 1, modRevision: 1, createRevision: 1 });
     expect(await secured.store.get("new")).toBeUndefined();
     expect(securedStore.puts.map((p) => p.key)).toEqual(["k"]); // the setup's put, nothing more
   });

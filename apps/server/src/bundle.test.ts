@@ -90,9 +90,15 @@ describe("the bundle (pnpm deploy of @kv/server-app), copied out of the reposito
     const server = startServer(bundle, { KV_STORE: `lmdb:${data}` }, scratch);
     const base = await server.listening;
     expect(new URL(base).hostname).toBe("127.0.0.1");
-    expect(await send(base, "PUT", "greeting", { value: "hello", version: 0 })).toEqual({ status: 200, body: { err: "OK", version: 1 } });
+    expect(await send(base, "PUT", "greeting", { value: "hello", version: 0 })).toEqual({
+      status: 200,
+      body: { err: "OK", version: 1, revision: expect.any(Number) },
+    });
     expect(await send(base, "PUT", "greeting", { value: "hi", version: 0 })).toEqual({ status: 409, body: { err: "ErrVersion" } });
-    expect(await send(base, "GET", "greeting")).toEqual({ status: 200, body: { err: "OK", value: "hello", version: 1 } });
+    expect(await send(base, "GET", "greeting")).toEqual({
+      status: 200,
+      body: { err: "OK", value: "hello", version: 1, modRevision: expect.any(Number), createRevision: expect.any(Number) },
+    });
     expect(await server.stop()).toBe(0);
     expect(existsSync(join(data, "data.mdb"))).toBe(true);
   }, 60_000);
@@ -102,12 +108,18 @@ describe("the bundle (pnpm deploy of @kv/server-app), copied out of the reposito
     const first = startServer(bundle, {}, cwd);
     const base = await first.listening;
     expect(await send(base, "GET", "greeting")).toEqual({ status: 404, body: { err: "ErrNoKey" } });
-    expect(await send(base, "PUT", "greeting", { value: "hello", version: 0 })).toEqual({ status: 200, body: { err: "OK", version: 1 } });
+    expect(await send(base, "PUT", "greeting", { value: "hello", version: 0 })).toEqual({
+      status: 200,
+      body: { err: "OK", version: 1, revision: expect.any(Number) },
+    });
     expect(await first.stop()).toBe(0);
     expect(existsSync(join(cwd, "kv-data/data.mdb"))).toBe(true);
 
     const second = startServer(bundle, {}, cwd);
-    expect(await send(await second.listening, "GET", "greeting")).toEqual({ status: 200, body: { err: "OK", value: "hello", version: 1 } });
+    expect(await send(await second.listening, "GET", "greeting")).toEqual({
+      status: 200,
+      body: { err: "OK", value: "hello", version: 1, modRevision: expect.any(Number), createRevision: expect.any(Number) },
+    });
     expect(await second.stop()).toBe(0);
   }, 60_000);
 

@@ -53,11 +53,11 @@ describe("completion records (KV_ID_RETENTION_MS, KV_MAX_IDS)", () => {
     onTestFinished(() => first.kill());
     expect(await put(first.url, "k", { value: "mine", version: 0, id: "put-mine" })).toEqual({
       status: 200,
-      body: { err: "OK", version: 1 },
+      body: { err: "OK", version: 1, revision: expect.any(Number) },
     });
     expect(await put(first.url, "k", { value: "theirs", version: 1, id: "put-theirs" })).toEqual({
       status: 200,
-      body: { err: "OK", version: 2 },
+      body: { err: "OK", version: 2, revision: expect.any(Number) },
     });
     await first.kill();
 
@@ -66,9 +66,15 @@ describe("completion records (KV_ID_RETENTION_MS, KV_MAX_IDS)", () => {
     // Another write came in between: only the record can tell that the retried put was applied.
     expect(await put(second.url, "k", { value: "mine", version: 0, id: "put-mine", retry: true })).toEqual({
       status: 200,
-      body: { err: "OK", version: 1 },
+      body: { err: "OK", version: 1, revision: expect.any(Number) },
     });
     const res = await fetch(`${second.url}${kvPath("k")}`);
-    expect(await res.json()).toEqual({ err: "OK", value: "theirs", version: 2 });
+    expect(await res.json()).toEqual({
+      err: "OK",
+      value: "theirs",
+      version: 2,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
   });
 });

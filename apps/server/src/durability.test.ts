@@ -142,7 +142,7 @@ describe("the built server on LMDB, traced with strace", () => {
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ value: "v", version }),
       });
-      expect(await res.body.json()).toEqual({ err: "OK", version: version + 1 });
+      expect(await res.body.json()).toEqual({ err: "OK", version: version + 1, revision: expect.any(Number) });
     };
 
     for (let version = 0; version < SEQUENTIAL_PUTS; version++) await put("one-writer", version);

@@ -17,6 +17,7 @@ import {
   WriteLoggingStore,
   Long,
   type Entry,
+  type Model,
   type PutBody,
   modelPut,
   recordedReply,
@@ -62,8 +63,11 @@ async function send(kv: TestServer, sent: Sent): Promise<Reply | undefined> {
   }
 }
 
-const getReply = (entry: Entry | undefined) =>
-  entry === undefined ? { err: "ErrNoKey" } : { err: "OK", value: entry.value, version: entry.version };
+const getReply = (entry: Entry | undefined) => {
+  if (entry === undefined) return { err: "ErrNoKey" };
+  const { value, version, modRevision, createRevision } = entry;
+  return { err: "OK", value, version, modRevision, createRevision };
+};
 const isContractOutcome = (r: Reply) =>
   (r.status === 200 && r.body?.err === "OK") ||
   (r.status === 404 && r.body?.err === "ErrNoKey") ||
@@ -73,14 +77,14 @@ async function runOps(ops: Op[]): Promise<void> {
   const store = new WriteLoggingStore();
   const kv = await startTestServer(ENV, store);
   try {
-    const model = new Map<string, Entry>();
+    const model: Model = { entries: new Map(), revision: 0 };
     const records: Records = new Map();
     const touched = new Set<string>();
     for (const op of ops) {
       const target = keyOf(op.path);
       const key = typeof target === "object" ? target.key : undefined;
       if (key !== undefined) touched.add(key);
-      const text = op.body.kind === "put" ? putText(op.body.spec, key === undefined ? undefined : model.get(key)) : op.body.text;
+      const text = op.body.kind === "put" ? putText(op.body.spec, key === undefined ? undefined : model.entries.get(key)) : op.body.text;
       const body = text instanceof Long ? text.text : text;
       // A GET or HEAD keeps only odd bodies: with a put body on most of them, hardly any GET would be plain.
       const isBodyless = (op.method === "GET" || op.method === "HEAD") && op.body.kind === "put";
@@ -132,13 +136,13 @@ async function runOps(ops: Op[]): Promise<void> {
           params.filter((p) => p !== "" && !/^wait(Version|Ms)=/.test(p)),
           `unknown query parameters in ${what}`,
         ).toEqual([]);
-        const before = model.get(key as string);
+        const before = model.entries.get(key as string);
         const expected = modelPut(model, records, key as string, put as PutBody);
         expect(reply.body, `reply to ${what}`).toEqual(expected);
-        if (model.get(key as string) !== before) wrote = [key as string];
+        if (model.entries.get(key as string) !== before) wrote = [key as string];
       } else if (op.method === "GET" && isContractOutcome(reply)) {
         expect(key !== undefined && isValidKey(key), `a valid key in ${what}`).toBe(true);
-        const entry = model.get(key as string);
+        const entry = model.entries.get(key as string);
         expect(reply.body, `reply to ${what}`).toEqual(getReply(entry));
       }
       // Only an accepted put that the model says changes the key may write, and only that key.
@@ -146,7 +150,7 @@ async function runOps(ops: Op[]): Promise<void> {
     }
 
     for (const key of touched) {
-      const entry = model.get(key);
+      const entry = model.entries.get(key);
       const reply = await send(kv, { method: "GET", path: kvPath(key), headers: {}, body: undefined });
       if (isValidKey(key)) {
         expect(reply?.body, `GET ${kvPath(key)} at the end`).toEqual(getReply(entry));
@@ -156,7 +160,7 @@ async function runOps(ops: Op[]): Promise<void> {
       expect(await store.get(key), `the store's entry for ${JSON.stringify(key)}`).toEqual(entry);
     }
     expect(
-      store.writes.filter((k) => !model.has(k)),
+      store.writes.filter((k) => !model.entries.has(k)),
       "keys written that the model never accepted",
     ).toEqual([]);
     expect((await send(kv, { method: "GET", path: "/healthz", headers: {}, body: undefined }))?.status).toBe(200);
@@ -341,7 +345,7 @@ describe("the server under generated requests (issue 7)", () => {
             expect(status, `status of a reply to ${what}`).toBeLessThan(500);
             if (status >= 400) expect(typeof parseJson(body)?.err, `err of the ${status} to ${what}: ${body}`).toBe("string");
           }
-          const putsAnsweredOk = replies.filter((r) => r.status === 200 && /^\{"err":"OK","version":\d+\}$/.test(r.body));
+          const putsAnsweredOk = replies.filter((r) => r.status === 200 && /^\{"err":"OK","version":\d+,"revision":\d+\}$/.test(r.body));
           const answered = JSON.stringify(replies.map((r) => `${r.status} ${r.body}`));
           expect(store.writes.length - writesBefore, `store writes after ${what}, answered ${answered}`).toBe(putsAnsweredOk.length);
           expect((await send(kv, { method: "GET", path: "/healthz", headers: {}, body: undefined }))?.status).toBe(200);

@@ -47,8 +47,14 @@ describe("HTTPS (KV_TLS_CERT, KV_TLS_KEY)", () => {
     expect(server.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
     const clerk = createClerk({ endpoints: [server.url], tls: { ca } });
     onTestFinished(() => clerk.close());
-    expect(await clerk.put("secure", "v", 0)).toEqual({ err: "OK", version: 1 });
-    expect(await clerk.get("secure")).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(await clerk.put("secure", "v", 0)).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
+    expect(await clerk.get("secure")).toEqual({
+      err: "OK",
+      value: "v",
+      version: 1,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
     // A client that does not trust the CA gets no answer: the handshake fails.
     const untrusting = createClerk({ endpoints: [server.url], attemptTimeoutMs: 500 });
     onTestFinished(() => untrusting.close());

@@ -98,9 +98,9 @@ describe("bad bytes pipelined after a request", () => {
     await within(connection.closed, 5_000, "the connection");
     const replies = connection.received().split(/(?=HTTP\/1\.1 )/);
     expect(replies).toHaveLength(2);
-    expect(replies[0]).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\{"err":"OK","version":1\}$/);
+    expect(replies[0]).toMatch(/^HTTP\/1\.1 200 OK\r\n[\s\S]*\{"err":"OK","version":1,"revision":1\}$/);
     expect(replies[1]).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n[\s\S]*"err":"ErrBadRequest"/);
-    expect(await store.get("first")).toEqual({ value: "v", version: 1 });
+    expect(await store.get("first")).toEqual({ value: "v", version: 1, modRevision: 1, createRevision: 1 });
     expect(await store.get("second")).toBeUndefined();
   });
 });

@@ -19,7 +19,10 @@ describe("long-poll reads (GET /v1/kv/:key?waitVersion&waitMs)", () => {
     const waiting = kv.request("GET", "/v1/kv/lp?waitVersion=1&waitMs=60000");
     await waitersReach(kv, 1);
     expect((await kv.put("lp", { value: "v2", version: 1 })).status).toBe(200);
-    expect(await waiting).toMatchObject({ status: 200, body: { err: "OK", value: "v2", version: 2 } });
+    expect(await waiting).toMatchObject({
+      status: 200,
+      body: { err: "OK", value: "v2", version: 2, modRevision: expect.any(Number), createRevision: expect.any(Number) },
+    });
   });
 
   it("waits on HEAD as on GET, and refuses a HEAD with waitVersion alone", async () => {
@@ -66,7 +69,7 @@ describe("long-poll reads (GET /v1/kv/:key?waitVersion&waitMs)", () => {
     await kv.put("quiet", { value: "v", version: 0 });
     expect(await kv.request("GET", "/v1/kv/quiet?waitVersion=1&waitMs=150")).toMatchObject({
       status: 200,
-      body: { err: "OK", value: "v", version: 1 },
+      body: { err: "OK", value: "v", version: 1, modRevision: expect.any(Number), createRevision: expect.any(Number) },
     });
     expect(await kv.request("GET", "/v1/kv/nothing?waitVersion=0&waitMs=150")).toMatchObject({ status: 404, body: { err: "ErrNoKey" } });
   });

@@ -98,7 +98,7 @@ describe("the built server (dist/main.js)", () => {
       inFlight.socket.write(body.slice(half));
       await once(inFlight.socket, "close");
       expect(inFlight.reply.text).toMatch(/^HTTP\/1\.1 200 /);
-      expect(inFlight.reply.text).toContain('{"err":"OK","version":1}');
+      expect(inFlight.reply.text).toMatch(/\{"err":"OK","version":1,"revision":\d+\}/);
       expect(await server.exited).toBe(0);
     },
   );
@@ -152,13 +152,19 @@ describe("the built server (dist/main.js)", () => {
       headers: { "content-type": "application/json" },
       body: '{"value":"v","version":0}',
     });
-    expect(await put.body.json()).toEqual({ err: "OK", version: 1 });
+    expect(await put.body.json()).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
     expect(await first.stop()).toBe(0);
     expect(existsSync(join(cwd, "kv-data", "data.mdb"))).toBe(true);
 
     const second = startServer({}, [], cwd);
     const again = await request(new URL("/v1/kv/kept", await second.listening));
-    expect(await again.body.json()).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(await again.body.json()).toEqual({
+      err: "OK",
+      value: "v",
+      version: 1,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
     expect(await second.stop()).toBe(0);
   });
 

@@ -89,7 +89,7 @@ describe("overload: too many requests in flight (KV_MAX_IN_FLIGHT)", () => {
     const clerk = createClerk({ endpoints: [kv.base], backoff: { baseMs: 10, maxMs: 100 } });
     onTestFinished(() => clerk.close());
     const results = await Promise.all(Array.from({ length: 12 }, (_, i) => clerk.put(`clerk-${i}`, "v", 0)));
-    expect(results).toEqual(Array.from({ length: 12 }, () => ({ err: "OK", version: 1 })));
+    expect(results).toEqual(Array.from({ length: 12 }, () => ({ err: "OK", version: 1, revision: expect.any(Number) })));
     expect((await kv.request("GET", "/metrics")).body).toMatch(/kv_overload_rejections_total\{reason="in_flight"\} [1-9]/);
   }, 30_000);
 });

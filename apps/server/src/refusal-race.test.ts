@@ -57,9 +57,9 @@ async function race(servers: ServerProcess[]) {
   const clerk = createClerk({ endpoints: servers.length === 1 ? [front.url] : [front.url, last.url], backoff: { baseMs: 1, maxMs: 5 } });
   onTestFinished(() => Promise.all([writer.close(), clerk.close()]).then(() => undefined));
   const key = `race-${randomUUID()}`;
-  expect(await writer.put(key, "v1", 0)).toMatchObject({ err: "OK", version: 1 });
+  expect(await writer.put(key, "v1", 0)).toMatchObject({ err: "OK", version: 1, revision: expect.any(Number) });
   const answer = await clerk.put(key, "ours", 2);
-  expect(await writer.put(key, "theirs", 1)).toMatchObject({ err: "OK", version: 2 });
+  expect(await writer.put(key, "theirs", 1)).toMatchObject({ err: "OK", version: 2, revision: expect.any(Number) });
   const late = await front.held();
   return { answer, late: { status: late.status, body: JSON.parse(late.body) as unknown }, end: await writer.get(key) };
 }
@@ -67,13 +67,13 @@ async function race(servers: ServerProcess[]) {
 const recorded = {
   answer: { err: "ErrVersion" },
   late: { status: 409, body: { err: "ErrVersion" } },
-  end: { err: "OK", value: "theirs", version: 2 },
+  end: { err: "OK", value: "theirs", version: 2, modRevision: expect.any(Number), createRevision: expect.any(Number) },
 };
 // Without refusal records the clerk still says ErrVersion, and then the held try applies: the lie the records prevent.
 const unrecorded = {
   answer: { err: "ErrVersion" },
-  late: { status: 200, body: { err: "OK", version: 3 } },
-  end: { err: "OK", value: "ours", version: 3 },
+  late: { status: 200, body: { err: "OK", version: 3, revision: expect.any(Number) } },
+  end: { err: "OK", value: "ours", version: 3, modRevision: expect.any(Number), createRevision: expect.any(Number) },
 };
 
 describe("a retry's recorded refusal stops its held-back first try (the built server)", () => {

@@ -343,12 +343,18 @@ describe("three kv servers on a three-member etcd cluster", () => {
           headers: { "content-type": "application/json" },
           body: JSON.stringify({ value, version }),
         }).then((r) => r.json());
-      expect(await put(a, 0, "v1")).toEqual({ err: "OK", version: 1 });
+      expect(await put(a, 0, "v1")).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
       const waiting = read(a, "/v1/kv/watched?waitVersion=1&waitMs=60000");
       // Waiting on a before the put through b: only an etcd watch can answer it now.
       await expect.poll(() => fetch(`${a.url}/metrics`).then((r) => r.text()), { timeout: 10_000 }).toMatch(/^kv_waiters 1$/m);
-      expect(await put(b, 1, "v2")).toEqual({ err: "OK", version: 2 });
-      expect(await waiting).toEqual({ err: "OK", value: "v2", version: 2 });
+      expect(await put(b, 1, "v2")).toEqual({ err: "OK", version: 2, revision: expect.any(Number) });
+      expect(await waiting).toEqual({
+        err: "OK",
+        value: "v2",
+        version: 2,
+        modRevision: expect.any(Number),
+        createRevision: expect.any(Number),
+      });
     },
     TEST_TIMEOUT_MS,
   );

@@ -95,7 +95,7 @@ describe("Clerk.put outcomes (contract §3)", () => {
     const put = (clerks[0] as Clerk).put("k", "a", 0);
     await net.sleep(50); // the first try has landed, its reply is lost
     net.setFaults({ replyLoss: 0 });
-    expect(await put).toEqual({ err: "OK", version: 1 });
+    expect(await put).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
     expect(net.stats.lostReplies).toBeGreaterThan(0);
   });
 
@@ -107,9 +107,15 @@ describe("Clerk.put outcomes (contract §3)", () => {
     const theirs = other.put("k", "theirs", 1); // lands at version 2 before our retry
     await net.sleep(20);
     net.setFaults({ replyLoss: 0 });
-    expect(await put).toEqual({ err: "OK", version: 1 });
-    expect(await theirs).toEqual({ err: "OK", version: 2 });
-    expect(await mine.get("k")).toEqual({ err: "OK", value: "theirs", version: 2 });
+    expect(await put).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
+    expect(await theirs).toEqual({ err: "OK", version: 2, revision: expect.any(Number) });
+    expect(await mine.get("k")).toEqual({
+      err: "OK",
+      value: "theirs",
+      version: 2,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
   });
 
   it("returns ErrMaybe when a try's reply was lost and a retry meets ErrVersion, against a server without records", async () => {
@@ -123,7 +129,7 @@ describe("Clerk.put outcomes (contract §3)", () => {
     await net.sleep(20);
     net.setFaults({ replyLoss: 0 });
     expect(await put).toEqual({ err: "ErrMaybe" });
-    expect(await theirs).toEqual({ err: "OK", version: 2 });
+    expect(await theirs).toEqual({ err: "OK", version: 2, revision: expect.any(Number) });
   });
 
   it("marks every try after the first as a retry, with the same id", async () => {
@@ -140,7 +146,7 @@ describe("Clerk.put outcomes (contract §3)", () => {
       close: () => inner.close(),
     };
     const clerk = new Clerk(transport, { clock: net, attemptTimeoutMs: 100 });
-    expect(await clerk.put("k", "v", 0)).toEqual({ err: "OK", version: 1 });
+    expect(await clerk.put("k", "v", 0)).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
     expect(sent.map((r) => r.retry)).toEqual([undefined, true, true]);
     expect(new Set(sent.map((r) => r.id)).size).toBe(1);
   });
@@ -270,7 +276,7 @@ describe("Clerk.put outcomes (contract §3)", () => {
     };
     const patient = new Clerk(refusingAWhile, { clock: net, retryLimitMs: 2_000, backoff: { baseMs: 100, maxMs: 200 } });
     const from = net.now();
-    expect(await patient.put("k2", "v", 0)).toEqual({ err: "OK", version: 1 });
+    expect(await patient.put("k2", "v", 0)).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
     expect(net.now() - from).toBeGreaterThan(2_000); // refused for longer than the limit, and applied in the end
   });
 });
@@ -290,7 +296,13 @@ describe("Clerk.get long-poll (waitVersion, waitMs)", () => {
     await net.sleep(500);
     const put = await writer.put("k", "b", 1);
     expect(put.err === "OK" || put.err === "ErrMaybe", `seed ${seed}`).toBe(true);
-    expect(await waiting, `seed ${seed}`).toEqual({ err: "OK", value: "b", version: 2 });
+    expect(await waiting, `seed ${seed}`).toEqual({
+      err: "OK",
+      value: "b",
+      version: 2,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
     // A lost wake-up costs the rest of the wait, never more: a retry waits only for what is left.
     expect(net.now() - start, `seed ${seed}`).toBeLessThan(3_000 + 2_000);
     expect(net.stats.partitioned, `seed ${seed}`).toBeGreaterThan(0);
@@ -302,7 +314,13 @@ describe("Clerk.get long-poll (waitVersion, waitMs)", () => {
     const clerk = clerks[0] as Clerk;
     await clerk.put("k", "a", 0);
     const start = net.now();
-    expect(await clerk.get("k", { waitVersion: 1, waitMs: 2_000 }), `seed ${seed}`).toEqual({ err: "OK", value: "a", version: 1 });
+    expect(await clerk.get("k", { waitVersion: 1, waitMs: 2_000 }), `seed ${seed}`).toEqual({
+      err: "OK",
+      value: "a",
+      version: 1,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
     expect(net.now() - start, `seed ${seed}`).toBeGreaterThanOrEqual(2_000);
     expect(net.now() - start, `seed ${seed}`).toBeLessThan(2_000 + 3_000); // one wait, not one per try
     expect(await clerk.get("absent", { waitVersion: 0, waitMs: 500 })).toEqual({ err: "ErrNoKey" });
@@ -312,12 +330,24 @@ describe("Clerk.get long-poll (waitVersion, waitMs)", () => {
     const { net, clerks } = simulate(7, {}, 2);
     const [waiter, writer] = clerks as [Clerk, Clerk];
     await writer.put("k", "a", 0);
-    expect(await waiter.get("k", { waitVersion: 0, waitMs: 10_000 })).toEqual({ err: "OK", value: "a", version: 1 });
+    expect(await waiter.get("k", { waitVersion: 0, waitMs: 10_000 })).toEqual({
+      err: "OK",
+      value: "a",
+      version: 1,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
     expect(net.now()).toBeLessThan(100);
     const appearing = waiter.get("new", { waitVersion: 0, waitMs: 10_000 });
     await net.sleep(1_000);
     await writer.put("new", "n", 0);
-    expect(await appearing).toEqual({ err: "OK", value: "n", version: 1 });
+    expect(await appearing).toEqual({
+      err: "OK",
+      value: "n",
+      version: 1,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
     expect(net.now()).toBeLessThan(1_200);
   });
 

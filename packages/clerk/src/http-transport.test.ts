@@ -72,9 +72,15 @@ describe("createClerk over HTTP", () => {
     const clerk = clerkFor([server.url]);
     for (const key of ["http-basic", ".", "..", "a/b", "ключ"]) {
       expect(await clerk.get(key)).toEqual({ err: "ErrNoKey" });
-      expect(await clerk.put(key, `v of ${key}`, 0)).toEqual({ err: "OK", version: 1 });
+      expect(await clerk.put(key, `v of ${key}`, 0)).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
       expect(await clerk.put(key, "late", 0)).toEqual({ err: "ErrVersion" });
-      expect(await clerk.get(key)).toEqual({ err: "OK", value: `v of ${key}`, version: 1 });
+      expect(await clerk.get(key)).toEqual({
+        err: "OK",
+        value: `v of ${key}`,
+        version: 1,
+        modRevision: expect.any(Number),
+        createRevision: expect.any(Number),
+      });
     }
     expect(await clerk.put("http-absent", "v", 3)).toEqual({ err: "ErrNoKey" });
   });
@@ -93,15 +99,33 @@ describe("createClerk over HTTP", () => {
     const waiting = waiter.get("http-wait", { waitVersion: 1, waitMs: 60_000 });
     await expect.poll(() => request(`${server.url}/metrics`).then((r) => r.body.text()), { timeout: 10_000 }).toMatch(/^kv_waiters 1$/m);
     await writer.put("http-wait", "b", 1);
-    expect(await waiting).toEqual({ err: "OK", value: "b", version: 2 });
-    expect(await waiter.get("http-wait", { waitVersion: 2, waitMs: 300 })).toEqual({ err: "OK", value: "b", version: 2 });
+    expect(await waiting).toEqual({
+      err: "OK",
+      value: "b",
+      version: 2,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
+    expect(await waiter.get("http-wait", { waitVersion: 2, waitMs: 300 })).toEqual({
+      err: "OK",
+      value: "b",
+      version: 2,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
     expect(await waiter.get("http-wait-absent", { waitVersion: 0, waitMs: 100 })).toEqual({ err: "ErrNoKey" });
   });
 
   it("fails over from a dead first endpoint to a live second one", async () => {
     const clerk = clerkFor([`http://127.0.0.1:${await deadPort()}`, server.url]);
-    expect(await clerk.put("http-failover", "v", 0)).toEqual({ err: "OK", version: 1 });
-    expect(await clerk.get("http-failover")).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(await clerk.put("http-failover", "v", 0)).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
+    expect(await clerk.get("http-failover")).toEqual({
+      err: "OK",
+      value: "v",
+      version: 1,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
   });
 
   it("rejects a value over the server's limit with ERR_KV_TOO_LARGE and a bad key with ERR_KV_BAD_REQUEST", async () => {
@@ -115,7 +139,11 @@ describe("createClerk over HTTP", () => {
   it("sends the bearer token, and rejects a wrong one with ERR_KV_UNAUTHORIZED", async () => {
     const secured = await startServerProcess({ env: { KV_AUTH_TOKEN: "t0ken" } });
     onTestFinished(async () => void (await secured.stop()));
-    expect(await clerkFor([secured.url], { token: "t0ken" }).put("k", "v", 0)).toEqual({ err: "OK", version: 1 });
+    expect(await clerkFor([secured.url], { token: "t0ken" }).put("k", "v", 0)).toEqual({
+      err: "OK",
+      version: 1,
+      revision: expect.any(Number),
+    });
     await expect(clerkFor([secured.url], { token: "wrong" }).get("k")).rejects.toMatchObject({ code: "ERR_KV_UNAUTHORIZED" });
     await expect(clerkFor([secured.url]).get("k")).rejects.toMatchObject({ code: "ERR_KV_UNAUTHORIZED" });
   });
@@ -144,7 +172,7 @@ describe("createClerk over HTTP", () => {
       return forward();
     });
     const clerk = clerkFor([front.url]); // backoff at most 100 ms: only Retry-After explains a longer wait
-    expect(await clerk.put("http-429", "v", 0)).toEqual({ err: "OK", version: 1 });
+    expect(await clerk.put("http-429", "v", 0)).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
     expect(arrivals).toHaveLength(2);
     expect((arrivals[1] as number) - (arrivals[0] as number)).toBeGreaterThanOrEqual(990);
   });
@@ -177,8 +205,14 @@ describe("createClerk over HTTP", () => {
     onTestFinished(() => new Promise<void>((r) => tlsFront.close(() => r())));
     const url = `https://127.0.0.1:${(tlsFront.address() as AddressInfo).port}`;
     const clerk = clerkFor([url], { tls: { ca } });
-    expect(await clerk.put("https-key", "v", 0)).toEqual({ err: "OK", version: 1 });
-    expect(await clerk.get("https-key")).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(await clerk.put("https-key", "v", 0)).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
+    expect(await clerk.get("https-key")).toEqual({
+      err: "OK",
+      value: "v",
+      version: 1,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
     // Without the CA the server is not trusted: no try gets a reply, and the caller's deadline ends it.
     await expect(clerkFor([url]).get("https-key", { signal: AbortSignal.timeout(300) })).rejects.toMatchObject({ name: "AbortError" });
   });
@@ -205,7 +239,7 @@ describe("createClerk over HTTP", () => {
     const clerk = clerkFor([server.url]);
     const puts = Array.from({ length: 20 }, (_, i) => clerk.put(`http-closing-${i}`, "v", 0));
     await clerk.close();
-    expect(await Promise.all(puts)).toEqual(Array.from({ length: 20 }, () => ({ err: "OK", version: 1 })));
+    expect(await Promise.all(puts)).toEqual(Array.from({ length: 20 }, () => ({ err: "OK", version: 1, revision: expect.any(Number) })));
   });
 
   it("rejects calls after close with ERR_KV_CLOSED", async () => {

@@ -26,7 +26,15 @@ export interface HttpTransportOptions {
 
 interface Reply {
   status: number;
-  body: { err?: unknown; value?: unknown; version?: unknown; message?: unknown };
+  body: {
+    err?: unknown;
+    value?: unknown;
+    version?: unknown;
+    revision?: unknown;
+    modRevision?: unknown;
+    createRevision?: unknown;
+    message?: unknown;
+  };
   retryAfterMs: number | undefined;
 }
 
@@ -66,9 +74,15 @@ export class HttpTransport implements Transport {
   async get(key: string, options?: TransportCallOptions & { wait?: WaitOptions | undefined }): Promise<GetResult> {
     const query = options?.wait === undefined ? "" : `?waitVersion=${options.wait.version}&waitMs=${options.wait.ms}`;
     const reply = await this.#send("GET", key, undefined, options, query);
-    const { body } = reply;
-    if (says(reply, "OK") && typeof body.value === "string" && typeof body.version === "number") {
-      return { err: "OK", value: body.value, version: body.version };
+    const { value, version, modRevision, createRevision } = reply.body;
+    if (
+      says(reply, "OK") &&
+      typeof value === "string" &&
+      typeof version === "number" &&
+      typeof modRevision === "number" &&
+      typeof createRevision === "number"
+    ) {
+      return { err: "OK", value, version, modRevision, createRevision };
     }
     if (says(reply, "ErrNoKey")) return { err: "ErrNoKey" };
     throw refusal(reply);
@@ -77,8 +91,8 @@ export class HttpTransport implements Transport {
   async put(request: PutRequest, options?: TransportCallOptions): Promise<PutResult> {
     const { key, value, version, id, retry } = request;
     const reply = await this.#send("PUT", key, JSON.stringify({ value, version, id, retry }), options);
-    const { body } = reply;
-    if (says(reply, "OK") && typeof body.version === "number") return { err: "OK", version: body.version };
+    const { version: made, revision } = reply.body;
+    if (says(reply, "OK") && typeof made === "number" && typeof revision === "number") return { err: "OK", version: made, revision };
     if (says(reply, "ErrNoKey")) return { err: "ErrNoKey" };
     if (says(reply, "ErrVersion")) return { err: "ErrVersion" };
     throw refusal(reply);

@@ -64,8 +64,16 @@ describe("kv get / put", () => {
 
   it("prints one JSON object per result with --json", async () => {
     expect(await kv(["--json", "get", "cli-j"])).toEqual({ code: 3, stdout: '{"err":"ErrNoKey"}\n', stderr: "" });
-    expect(await kv(["put", "cli-j", "v", "--json"])).toEqual({ code: 0, stdout: '{"err":"OK","version":1}\n', stderr: "" });
-    expect(await kv(["get", "cli-j", "--json"])).toEqual({ code: 0, stdout: '{"err":"OK","value":"v","version":1}\n', stderr: "" });
+    expect(await kv(["put", "cli-j", "v", "--json"])).toEqual({
+      code: 0,
+      stdout: expect.stringMatching(/^\{"err":"OK","version":1,"revision":\d+\}\n$/),
+      stderr: "",
+    });
+    expect(await kv(["get", "cli-j", "--json"])).toEqual({
+      code: 0,
+      stdout: expect.stringMatching(/^\{"err":"OK","value":"v","version":1,"modRevision":\d+,"createRevision":\d+\}\n$/),
+      stderr: "",
+    });
     expect(await kv(["put", "cli-j", "w", "--version", "0", "--json"])).toEqual({ code: 4, stdout: '{"err":"ErrVersion"}\n', stderr: "" });
   });
 
@@ -149,7 +157,13 @@ describe("kv watch", () => {
     await kv(["put", "cli-w-new", "here"]);
     await until(() => out.includes('"value":"here"'), "the new key");
     watching.child.kill("SIGTERM");
-    expect(await watching.done).toEqual({ code: 0, stdout: '{"err":"ErrNoKey"}\n{"err":"OK","value":"here","version":1}\n', stderr: "" });
+    expect(await watching.done).toEqual({
+      code: 0,
+      stdout: expect.stringMatching(
+        /^\{"err":"ErrNoKey"\}\n\{"err":"OK","value":"here","version":1,"modRevision":\d+,"createRevision":\d+\}\n$/,
+      ),
+      stderr: "",
+    });
   });
 });
 

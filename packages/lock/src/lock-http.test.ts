@@ -70,7 +70,13 @@ describe("Lock over HTTP", () => {
     expect((await holder.acquire()).token).toBe(hold.token);
     await expect(other.release()).rejects.toMatchObject({ code: "ERR_LOCK_NOT_HELD" });
     await expect(other.acquire({ signal: AbortSignal.timeout(200) })).rejects.toMatchObject({ name: "AbortError" });
-    expect(await clerk.get(key)).toEqual({ err: "OK", value: holder.id, version: hold.token });
+    expect(await clerk.get(key)).toEqual({
+      err: "OK",
+      value: holder.id,
+      version: expect.any(Number),
+      modRevision: hold.token,
+      createRevision: expect.any(Number),
+    });
     await holder.release();
     expect(hold.signal.aborted).toBe(true);
     expect((await other.acquire()).token).toBe(hold.token + 2);

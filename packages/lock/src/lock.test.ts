@@ -48,7 +48,13 @@ describe("Lock over the simulated network", () => {
     const { locks, clerks } = simulate(1, 1);
     const lock = locks[0] as Lock;
     const first = await lock.acquire();
-    expect(await (clerks[0] as Clerk).get("lock")).toEqual({ err: "OK", value: lock.id, version: first.token });
+    expect(await (clerks[0] as Clerk).get("lock")).toEqual({
+      err: "OK",
+      value: lock.id,
+      version: expect.any(Number),
+      modRevision: first.token,
+      createRevision: expect.any(Number),
+    });
     await lock.release();
     expect(first.signal.aborted).toBe(true);
     expect(await (clerks[0] as Clerk).get("lock")).toMatchObject({ value: UNLOCKED, version: first.token + 1 });
@@ -86,7 +92,13 @@ describe("Lock over the simulated network", () => {
     const hold = await holder.acquire();
     await expect(other.release()).rejects.toMatchObject({ name: "LockNotHeldError", code: "ERR_LOCK_NOT_HELD" });
     await expect(other.release()).rejects.toBeInstanceOf(LockNotHeldError);
-    expect(await (clerks[0] as Clerk).get("lock")).toEqual({ err: "OK", value: holder.id, version: hold.token });
+    expect(await (clerks[0] as Clerk).get("lock")).toEqual({
+      err: "OK",
+      value: holder.id,
+      version: expect.any(Number),
+      modRevision: hold.token,
+      createRevision: expect.any(Number),
+    });
     expect(hold.signal.aborted).toBe(false);
   });
 
@@ -99,7 +111,13 @@ describe("Lock over the simulated network", () => {
     await net.sleep(500);
     ac.abort(new Error("enough"));
     await expect(waiting).rejects.toMatchObject({ name: "AbortError", code: "ABORT_ERR" });
-    expect(await (clerks[0] as Clerk).get("lock")).toEqual({ err: "OK", value: holder.id, version: hold.token });
+    expect(await (clerks[0] as Clerk).get("lock")).toEqual({
+      err: "OK",
+      value: holder.id,
+      version: expect.any(Number),
+      modRevision: hold.token,
+      createRevision: expect.any(Number),
+    });
     await expect(waiter.acquire({ signal: AbortSignal.abort() })).rejects.toMatchObject({ name: "AbortError" });
   });
 
@@ -192,7 +210,13 @@ describe("Lock when a reply is lost (ErrMaybe)", () => {
     const aHold = (await aHolds) as Awaited<ReturnType<Lock["acquire"]>>;
     expect(puts[1]).toContain("ErrMaybe");
     expect(bHeld).toBe(false); // b learned from its re-read that a holds the lock
-    expect(await kv.get("lock")).toEqual({ err: "OK", value: a.id, version: aHold.token });
+    expect(await kv.get("lock")).toEqual({
+      err: "OK",
+      value: a.id,
+      version: expect.any(Number),
+      modRevision: aHold.token,
+      createRevision: expect.any(Number),
+    });
     await a.release();
     expect((await bWaits).token).toBeGreaterThan(aHold.token);
   });
@@ -202,7 +226,13 @@ describe("Lock when a reply is lost (ErrMaybe)", () => {
     script((value) => (value === b.id ? "lose-reply" : "deliver"));
     const hold = await b.acquire();
     expect(puts[1]).toEqual(["OK", "OK"]); // the lock key's creation, then the retried put, recognised by its id
-    expect(await kv.get("lock")).toEqual({ err: "OK", value: b.id, version: hold.token });
+    expect(await kv.get("lock")).toEqual({
+      err: "OK",
+      value: b.id,
+      version: expect.any(Number),
+      modRevision: hold.token,
+      createRevision: expect.any(Number),
+    });
   });
 
   it("re-reads after ErrMaybe in release and resolves once the lock has moved on (a server without records)", async () => {
@@ -218,7 +248,13 @@ describe("Lock when a reply is lost (ErrMaybe)", () => {
     expect(puts[0]?.at(-1)).toBe("ErrMaybe");
     expect(aHold.signal.aborted).toBe(true);
     const bHold = await (bHolds as Promise<Awaited<ReturnType<Lock["acquire"]>>>);
-    expect(await kv.get("lock")).toEqual({ err: "OK", value: b.id, version: bHold.token });
+    expect(await kv.get("lock")).toEqual({
+      err: "OK",
+      value: b.id,
+      version: expect.any(Number),
+      modRevision: bHold.token,
+      createRevision: expect.any(Number),
+    });
   });
 
   it("lets release clear a hold that an aborted acquire left behind", async () => {
@@ -243,7 +279,13 @@ describe("Lock when a reply is lost (ErrMaybe)", () => {
     });
     await expect(b.acquire({ signal: ac.signal })).rejects.toMatchObject({ name: "AbortError" });
     const hold = await b.acquire();
-    expect(await kv.get("lock")).toEqual({ err: "OK", value: b.id, version: hold.token });
+    expect(await kv.get("lock")).toEqual({
+      err: "OK",
+      value: b.id,
+      version: expect.any(Number),
+      modRevision: hold.token,
+      createRevision: expect.any(Number),
+    });
   });
 
   it("rejects release of a key never used with LockNotHeldError, and creates nothing", async () => {
@@ -268,7 +310,13 @@ describe("Lock when its key is lost or its clerk fails", () => {
     const lock = createLock(new Clerk(net.transport(0), { clock: net }), "lock", { clock: net });
     const hold = await lock.acquire();
     expect(kv).not.toBe(first);
-    expect(await kv.get("lock")).toEqual({ err: "OK", value: lock.id, version: hold.token });
+    expect(await kv.get("lock")).toEqual({
+      err: "OK",
+      value: lock.id,
+      version: expect.any(Number),
+      modRevision: hold.token,
+      createRevision: expect.any(Number),
+    });
   });
 
   it("keeps a hold without a lease, and writes nothing more, when release fails permanently", async () => {
@@ -288,7 +336,13 @@ describe("Lock when its key is lost or its clerk fails", () => {
     await expect(lock.release()).rejects.toMatchObject({ code: "ERR_KV_UNAUTHORIZED" });
     await net.sleep(10_000);
     expect(hold.signal.aborted).toBe(false);
-    expect(await kv.get("lock")).toEqual({ err: "OK", value: lock.id, version: hold.token });
+    expect(await kv.get("lock")).toEqual({
+      err: "OK",
+      value: lock.id,
+      version: expect.any(Number),
+      modRevision: hold.token,
+      createRevision: expect.any(Number),
+    });
     isRefusing = false;
     await lock.release();
     expect(hold.signal.aborted).toBe(true);

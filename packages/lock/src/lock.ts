@@ -19,9 +19,10 @@ export interface LockOptions {
 /** A hold on the lock, from `acquire` until `release` or a lease lost. */
 export interface Hold {
   /**
-   * Fencing token: the lock key's version when this hold began. Strictly greater than every
-   * earlier holder's token, so a resource that remembers the largest token it has seen can
-   * refuse a stale holder.
+   * Fencing token: the store revision of the write that began this hold (the lock key's
+   * `modRevision` then). Strictly greater than every earlier holder's token — also across a
+   * delete and re-create of the key, which would start its version again — so a resource that
+   * remembers the largest token it has seen can refuse a stale holder.
    */
   readonly token: number;
   /** Aborts when this hold ends: `release`, or a lease that could not be renewed in time (reason: {@link LeaseLostError}). */
@@ -162,12 +163,12 @@ export class Lock {
    */
   async #tryAcquire(seen: Seen, takeover: TakeoverTimer, signal: AbortSignal | undefined): Promise<TryOutcome> {
     // Ours from a try whose reply was lost; without a lease there is nothing to start.
-    if (seen.value === this.id && this.#ttlMs === undefined) return { hold: this.#begin(seen.version, 0) };
+    if (seen.value === this.id && this.#ttlMs === undefined) return { hold: this.#begin(seen.version, seen.modRevision, 0) };
     const startedAt = this.#clock.now();
     const r = await this.#clerk.put(this.#key, this.id, seen.version, signal === undefined ? {} : { signal });
     switch (r.err) {
       case "OK":
-        return { hold: this.#begin(r.version, startedAt) };
+        return { hold: this.#begin(r.version, r.revision, startedAt) };
       case "ErrVersion": {
         // Someone moved first — most often another waiter, to the next version. Wait on that
         // version at once instead of reading first: one request fewer per loser per handoff.
@@ -204,7 +205,7 @@ export class Lock {
     }
   }
 
-  #begin(version: number, startedAt: number): Hold {
+  #begin(version: number, token: number, startedAt: number): Hold {
     const current = this.#hold;
     if (current !== undefined) {
       // Two acquires of one Lock share a hold; the later put moved the key on.
@@ -212,7 +213,7 @@ export class Lock {
       current.lease?.extend(startedAt);
       return holdOf(current);
     }
-    const hold: HoldState = { token: version, version, ended: new AbortController(), lease: undefined };
+    const hold: HoldState = { token, version, ended: new AbortController(), lease: undefined };
     this.#hold = hold;
     if (this.#ttlMs !== undefined) {
       hold.lease = new Lease({

@@ -54,8 +54,16 @@ describe("the packed packages, installed with npm", () => {
   });
 
   it.each([
-    ["clerk", "example.mjs", /\{ err: 'ErrNoKey' \}\n\{ err: 'OK', version: 1 \}\n\{ err: 'ErrVersion' \}\n\{ err: 'OK', version: 2 \}/],
-    ["clerk", "example.cjs", /\{ err: 'OK', version: 1 \}\n\{ err: 'OK', version: 2 \}\n\{ err: 'OK', version: 3 \}/],
+    [
+      "clerk",
+      "example.mjs",
+      /\{ err: 'ErrNoKey' \}\n\{ err: 'OK', version: 1, revision: \d+ \}\n\{ err: 'ErrVersion' \}\n\{ err: 'OK', version: 2, revision: \d+ \}/,
+    ],
+    [
+      "clerk",
+      "example.cjs",
+      /\{ err: 'OK', version: 1, revision: \d+ \}\n\{ err: 'OK', version: 2, revision: \d+ \}\n\{ err: 'OK', version: 3, revision: \d+ \}/,
+    ],
     ["lock", "example.mjs", /holding with token \d+\nreleased: true/],
     ["lock", "example.cjs", /^true$/m],
   ])("run the %s README's %s against a real server", async (pkg, name, expected) => {
@@ -70,7 +78,9 @@ describe("the packed packages, installed with npm", () => {
     const kv = join(scratch, "node_modules", ".bin", "kv");
     const env = { ...process.env, KV_ENDPOINTS: server.url };
     expect((await run(kv, ["put", "packed-cli", "hello"], { env })).stdout).toBe("1\n");
-    expect((await run(kv, ["get", "packed-cli", "--json"], { env })).stdout).toBe('{"err":"OK","value":"hello","version":1}\n');
+    expect((await run(kv, ["get", "packed-cli", "--json"], { env })).stdout).toMatch(
+      /^\{"err":"OK","value":"hello","version":1,"modRevision":\d+,"createRevision":\d+\}\n$/,
+    );
     const readme = await readFile(join(packages, "cli", "README.md"), "utf8");
     const code = /```js\n(\/\/ example\.mjs[^\n]*\n[\s\S]*?)```/.exec(readme)?.[1];
     if (code === undefined) throw new Error("no example.mjs in the cli README");

@@ -7,16 +7,20 @@ export const Err = {
 } as const;
 export type Err = (typeof Err)[keyof typeof Err];
 
-/** `get`: the value and its version, or `ErrNoKey` when the key was never written. */
-export type GetResult = { err: "OK"; value: string; version: number } | { err: "ErrNoKey" };
+/**
+ * `get`: the value, its version, the store revision of the write that made that version
+ * (`modRevision`) and of the one that created the key (`createRevision`); or `ErrNoKey`.
+ */
+export type GetResult = { err: "OK"; value: string; version: number; modRevision: number; createRevision: number } | { err: "ErrNoKey" };
 
 /**
  * `put`: the key's new version, `ErrVersion` (the key exists at another version),
  * `ErrNoKey` (absent and version > 0), or — from a clerk only — `ErrMaybe` (no try got a
  * reply within the clerk's `retryLimitMs`; against a server without completion records, also
  * a retry that met `ErrVersion` after an earlier try got no reply): the put may have been applied.
+ * `revision` is the store revision the put made (contract §2): greater than every earlier write's.
  */
-export type PutResult = { err: "OK"; version: number } | { err: "ErrVersion" | "ErrNoKey" | "ErrMaybe" };
+export type PutResult = { err: "OK"; version: number; revision: number } | { err: "ErrVersion" | "ErrNoKey" | "ErrMaybe" };
 
 /** The largest version a key can have; a put is refused before it would pass it. */
 export const MAX_VERSION = Number.MAX_SAFE_INTEGER;

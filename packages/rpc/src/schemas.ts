@@ -46,8 +46,22 @@ export const GetQuery = Type.Object(
 );
 export type GetQuery = Static<typeof GetQuery>;
 
-export const GetOkReply = Type.Object({ err: Type.Literal("OK"), value: Type.String(), version: version("the key's version") }, closed);
-export const PutOkReply = Type.Object({ err: Type.Literal("OK"), version: version("the key's new version") }, closed);
+const revision = (description: string) => Type.Integer({ minimum: 0, maximum: MAX_VERSION, description });
+
+export const GetOkReply = Type.Object(
+  {
+    err: Type.Literal("OK"),
+    value: Type.String(),
+    version: version("the key's version"),
+    modRevision: revision("the store revision of the write that made this version"),
+    createRevision: revision("the store revision of the write that created the key"),
+  },
+  closed,
+);
+export const PutOkReply = Type.Object(
+  { err: Type.Literal("OK"), version: version("the key's new version"), revision: revision("the store revision this put made") },
+  closed,
+);
 export const NoKeyReply = Type.Object({ err: Type.Literal("ErrNoKey") }, closed);
 export const VersionReply = Type.Object({ err: Type.Literal("ErrVersion") }, closed);
 

@@ -2,7 +2,7 @@ import { InvalidArgumentError } from "@kv/rpc";
 import { StoreUnavailableError, type StoredEntry } from "./store";
 
 /** A put's one decision (contract §2): what every try of it is answered. */
-export type PutDecision = { err: "OK"; version: number } | { err: "ErrVersion" | "ErrNoKey" };
+export type PutDecision = { err: "OK"; version: number; revision: number } | { err: "ErrVersion" | "ErrNoKey" };
 
 /** A write's completion record: what was decided for its id, and for which write. */
 export interface CompletionRecord {
@@ -46,7 +46,7 @@ export const recordsFull = (maxIds: number): StoreUnavailableError =>
 export function refusalOf(current: StoredEntry | undefined, expectedVersion: number, putId: string | undefined): PutDecision {
   if (current === undefined) return { err: "ErrNoKey" };
   if (putId !== undefined && current.putId === putId && current.version === expectedVersion + 1) {
-    return { err: "OK", version: current.version };
+    return { err: "OK", version: current.version, revision: current.modRevision };
   }
   return { err: "ErrVersion" };
 }

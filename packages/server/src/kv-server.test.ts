@@ -15,7 +15,7 @@ describe("KVServer.get", () => {
     const kv = newServer();
     await kv.put("k", "v1", 0);
     await kv.put("k", "v2", 1);
-    expect(await kv.get("k")).toEqual({ err: "OK", value: "v2", version: 2 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "v2", version: 2, modRevision: 2, createRevision: 1 });
   });
 });
 
@@ -36,7 +36,7 @@ describe("KVServer.get long-poll", () => {
     expect(readsWhileWaiting).toBeLessThanOrEqual(100); // one each on arrival at most
     const stale = kv.get("k"); // a plain read started before the write: no waiter may take its answer
     await kv.put("k", "v2", 1);
-    expect(await stale).toEqual({ err: "OK", value: "v1", version: 1 });
+    expect(await stale).toEqual({ err: "OK", value: "v1", version: 1, modRevision: 1, createRevision: 1 });
     const answers = await Promise.all(waiting);
     expect(answers.every((a) => a.err === "OK" && a.value === "v2" && a.version === 2)).toBe(true);
     expect(reads - readsWhileWaiting).toBeLessThanOrEqual(3); // the plain read, and one shared by the 100
@@ -46,8 +46,8 @@ describe("KVServer.get long-poll", () => {
 describe("KVServer.put (contract §2)", () => {
   it("creates an absent key at version 1 when version is 0", async () => {
     const kv = newServer();
-    expect(await kv.put("k", "v", 0)).toEqual({ err: "OK", version: 1 });
-    expect(await kv.get("k")).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(await kv.put("k", "v", 0)).toEqual({ err: "OK", version: 1, revision: 1 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "v", version: 1, modRevision: 1, createRevision: 1 });
   });
 
   it("answers ErrNoKey for an absent key and a version above 0, and creates nothing", async () => {
@@ -60,8 +60,8 @@ describe("KVServer.put (contract §2)", () => {
   it("writes a present key at its current version and moves the version on by one", async () => {
     const kv = newServer();
     await kv.put("k", "a", 0);
-    expect(await kv.put("k", "b", 1)).toEqual({ err: "OK", version: 2 });
-    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2 });
+    expect(await kv.put("k", "b", 1)).toEqual({ err: "OK", version: 2, revision: 2 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2, modRevision: 2, createRevision: 1 });
   });
 
   it("answers ErrVersion for a present key at another version, and changes nothing", async () => {
@@ -69,21 +69,21 @@ describe("KVServer.put (contract §2)", () => {
     await kv.put("k", "a", 0);
     await kv.put("k", "b", 1);
     for (const stale of [0, 1, 3, 100]) expect(await kv.put("k", "x", stale)).toEqual({ err: "ErrVersion" });
-    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2, modRevision: 2, createRevision: 1 });
   });
 
   it("accepts the empty string as a value", async () => {
     const kv = newServer();
     await kv.put("k", "", 0);
-    expect(await kv.get("k")).toEqual({ err: "OK", value: "", version: 1 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "", version: 1, modRevision: 1, createRevision: 1 });
   });
 
   it("treats keys named like Object.prototype members as ordinary keys", async () => {
     const kv = newServer();
-    for (const key of ["__proto__", "constructor", "toString", "hasOwnProperty"]) {
+    for (const [i, key] of ["__proto__", "constructor", "toString", "hasOwnProperty"].entries()) {
       expect(await kv.get(key)).toEqual({ err: "ErrNoKey" });
-      expect(await kv.put(key, key, 0)).toEqual({ err: "OK", version: 1 });
-      expect(await kv.get(key)).toEqual({ err: "OK", value: key, version: 1 });
+      expect(await kv.put(key, key, 0)).toEqual({ err: "OK", version: 1, revision: i + 1 });
+      expect(await kv.get(key)).toEqual({ err: "OK", value: key, version: 1, modRevision: i + 1, createRevision: i + 1 });
     }
   });
 
@@ -91,7 +91,7 @@ describe("KVServer.put (contract §2)", () => {
     const kv = newServer();
     await kv.put("k", "start", 0);
     const results = await Promise.all(Array.from({ length: 50 }, (_, i) => kv.put("k", `w${i}`, 1)));
-    expect(results.filter((r) => r.err === "OK")).toEqual([{ err: "OK", version: 2 }]);
+    expect(results.filter((r) => r.err === "OK")).toEqual([{ err: "OK", version: 2, revision: 2 }]);
     expect(results.filter((r) => r.err === "ErrVersion")).toHaveLength(49);
   });
 });
@@ -99,19 +99,19 @@ describe("KVServer.put (contract §2)", () => {
 describe("KVServer.put with put ids", () => {
   it("answers a retry of the put that made the current version OK, and changes nothing", async () => {
     const kv = newServer();
-    expect(await kv.put("k", "a", 0, "id-1")).toEqual({ err: "OK", version: 1 });
-    expect(await kv.put("k", "a", 0, "id-1")).toEqual({ err: "OK", version: 1 });
-    expect(await kv.put("k", "b", 1, "id-2")).toEqual({ err: "OK", version: 2 });
-    expect(await kv.put("k", "b", 1, "id-2")).toEqual({ err: "OK", version: 2 });
-    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2 });
+    expect(await kv.put("k", "a", 0, "id-1")).toEqual({ err: "OK", version: 1, revision: 1 });
+    expect(await kv.put("k", "a", 0, "id-1")).toEqual({ err: "OK", version: 1, revision: 1 });
+    expect(await kv.put("k", "b", 1, "id-2")).toEqual({ err: "OK", version: 2, revision: 2 });
+    expect(await kv.put("k", "b", 1, "id-2")).toEqual({ err: "OK", version: 2, revision: 2 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2, modRevision: 2, createRevision: 1 });
   });
 
   it("answers a retry the recorded reply even once another write came in between", async () => {
     const kv = newServer();
     await kv.put("k", "a", 0, "id-1");
     await kv.put("k", "b", 1, "id-2");
-    expect(await kv.put("k", "a", 0, "id-1", { isRetry: true })).toEqual({ err: "OK", version: 1 });
-    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2 });
+    expect(await kv.put("k", "a", 0, "id-1", { isRetry: true })).toEqual({ err: "OK", version: 1, revision: 1 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2, modRevision: 2, createRevision: 1 });
   });
 
   it("answers a retry refused once the same refusal for good, even when the key comes to its version", async () => {
@@ -120,7 +120,7 @@ describe("KVServer.put with put ids", () => {
     expect(await kv.put("k", "x", 2, "id-x", { isRetry: true })).toEqual({ err: "ErrVersion" });
     await kv.put("k", "b", 1, "id-2");
     expect(await kv.put("k", "x", 2, "id-x")).toEqual({ err: "ErrVersion" }); // its first try, arriving late
-    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2 });
+    expect(await kv.get("k")).toEqual({ err: "OK", value: "b", version: 2, modRevision: 2, createRevision: 1 });
   });
 
   it("refuses an id recorded for another write with InvalidArgumentError", async () => {
@@ -137,7 +137,7 @@ describe("KVServer.put with put ids, without a record (expired at once)", () => 
   it("answers OK to a retry whose put made the current version", async () => {
     const kv = withoutRecords();
     await kv.put("k", "a", 0, "id-1");
-    expect(await kv.put("k", "a", 0, "id-1", { isRetry: true })).toEqual({ err: "OK", version: 1 });
+    expect(await kv.put("k", "a", 0, "id-1", { isRetry: true })).toEqual({ err: "OK", version: 1, revision: 1 });
   });
 
   it("answers ErrVersion to a retry once another write came in between", async () => {
@@ -184,9 +184,9 @@ describe("KVServer argument checks", () => {
     await expect(kv.put("", "v", 0)).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
     await expect(kv.put("k", "v", 0, "")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
     await expect(kv.put("k", "v", 0, "x".repeat(65))).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
-    expect(await kv.put("k", "v", 0, "x".repeat(64))).toEqual({ err: "OK", version: 1 });
+    expect(await kv.put("k", "v", 0, "x".repeat(64))).toEqual({ err: "OK", version: 1, revision: 1 });
     // Characters are code points: 64 emoji (128 UTF-16 units) are 64 characters.
-    expect(await kv.put("e", "v", 0, "🔑".repeat(64))).toEqual({ err: "OK", version: 1 });
+    expect(await kv.put("e", "v", 0, "🔑".repeat(64))).toEqual({ err: "OK", version: 1, revision: 2 });
     await expect(kv.put("e", "v", 1, "🔑".repeat(65))).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
   });
 
@@ -198,12 +198,14 @@ describe("KVServer argument checks", () => {
   });
 });
 
-type Entry = { value: string; version: number; id: string | undefined };
+type Entry = { value: string; version: number; modRevision: number; createRevision: number; id: string | undefined };
+/** The keys, and the store revision: the number of writes applied. */
+type Model = { entries: Map<string, Entry>; revision: number };
 type Recorded = { key: string; version: number; reply: ServerPutResult };
 
 /** The contract §2 table and its completion records, written as plainly as they read; "reused": an id recorded for another write. */
 function modelPut(
-  model: Map<string, Entry>,
+  model: Model,
   records: Map<string, Recorded>,
   o: { key: string; value: string; version: number; id?: string | undefined; isRetry: boolean },
 ): ServerPutResult | "reused" {
@@ -214,18 +216,18 @@ function modelPut(
   return reply;
 }
 
-function tablePut(model: Map<string, Entry>, o: { key: string; value: string; version: number; id?: string | undefined }): ServerPutResult {
-  const current = model.get(o.key);
-  if (current === undefined) {
-    if (o.version !== 0) return { err: "ErrNoKey" };
-    model.set(o.key, { value: o.value, version: 1, id: o.id });
-    return { err: "OK", version: 1 };
+function tablePut(model: Model, o: { key: string; value: string; version: number; id?: string | undefined }): ServerPutResult {
+  const current = model.entries.get(o.key);
+  if (current === undefined && o.version !== 0) return { err: "ErrNoKey" };
+  if (o.version === (current?.version ?? 0)) {
+    const revision = ++model.revision;
+    const createRevision = current?.createRevision ?? revision;
+    model.entries.set(o.key, { value: o.value, version: o.version + 1, modRevision: revision, createRevision, id: o.id });
+    return { err: "OK", version: o.version + 1, revision };
   }
-  if (o.version === current.version) {
-    model.set(o.key, { value: o.value, version: o.version + 1, id: o.id });
-    return { err: "OK", version: o.version + 1 };
+  if (o.id !== undefined && o.id === current?.id && o.version + 1 === current.version) {
+    return { err: "OK", version: current.version, revision: current.modRevision };
   }
-  if (o.id !== undefined && o.id === current.id && o.version + 1 === current.version) return { err: "OK", version: current.version };
   return { err: "ErrVersion" };
 }
 
@@ -241,15 +243,16 @@ describe("KVServer against a model", () => {
     await fc.assert(
       fc.asyncProperty(fc.array(op, { maxLength: 40 }), async (ops) => {
         const kv = newServer();
-        const model = new Map<string, Entry>();
+        const model: Model = { entries: new Map(), revision: 0 };
         const records = new Map<string, Recorded>();
         for (const o of ops) {
           const expected = modelPut(model, records, o);
           const put = kv.put(o.key, o.value, o.version, o.id, { isRetry: o.isRetry });
           if (expected === "reused") await expect(put).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
           else expect(await put).toEqual(expected);
-          const m = model.get(o.key);
-          expect(await kv.get(o.key)).toEqual(m ? { err: "OK", value: m.value, version: m.version } : { err: "ErrNoKey" });
+          const m = model.entries.get(o.key);
+          const { value, version, modRevision, createRevision } = m ?? {};
+          expect(await kv.get(o.key)).toEqual(m ? { err: "OK", value, version, modRevision, createRevision } : { err: "ErrNoKey" });
         }
       }),
       { numRuns: 300 },
@@ -266,7 +269,7 @@ describe("KVServer against a model", () => {
     await fc.assert(
       fc.asyncProperty(fc.array(op, { maxLength: 40 }), async (ops) => {
         const kv = new KVServer(new MemoryStore({ retentionMs: 0 }));
-        const model = new Map<string, Entry>();
+        const model: Model = { entries: new Map(), revision: 0 };
         for (const o of ops) expect(await kv.put(o.key, o.value, o.version, o.id, { isRetry: true })).toEqual(tablePut(model, o));
       }),
       { numRuns: 300 },

@@ -6,7 +6,7 @@ import type { Store } from "./store";
 const POLL_INTERVAL_MS = 50;
 
 /** A put's answer from the server itself: never `ErrMaybe`, which only a clerk can conclude. */
-export type ServerPutResult = { err: "OK"; version: number } | { err: "ErrVersion" | "ErrNoKey" };
+export type ServerPutResult = { err: "OK"; version: number; revision: number } | { err: "ErrVersion" | "ErrNoKey" };
 
 /**
  * The versioned key/value service of contract §2 over a {@link Store}. It keeps no state of its
@@ -42,7 +42,9 @@ export class KVServer {
 
   async #read(key: string): Promise<GetResult> {
     const entry = await this.#store.get(key);
-    return entry === undefined ? { err: "ErrNoKey" } : { err: "OK", value: entry.value, version: entry.version };
+    if (entry === undefined) return { err: "ErrNoKey" };
+    const { value, version, modRevision, createRevision } = entry;
+    return { err: "OK", value, version, modRevision, createRevision };
   }
 
   /**
@@ -115,7 +117,7 @@ export class KVServer {
     }
     const r = await this.#store.putIfVersion(key, value, version, id, options);
     if ("recorded" in r) return r.recorded;
-    if (r.ok) return { err: "OK", version: r.version };
+    if (r.ok) return { err: "OK", version: r.version, revision: r.revision };
     return refusalOf(r.current, version, id);
   }
 }

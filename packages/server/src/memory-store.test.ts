@@ -5,8 +5,8 @@ describe("MemoryStore.putIfVersion", () => {
   it("creates an absent key only when the expected version is 0", async () => {
     const store = new MemoryStore();
     expect(await store.putIfVersion("k", "v", 1, undefined)).toEqual({ ok: false, current: undefined });
-    expect(await store.putIfVersion("k", "v", 0, "id")).toEqual({ ok: true, version: 1 });
-    expect(await store.get("k")).toEqual({ value: "v", version: 1, putId: "id" });
+    expect(await store.putIfVersion("k", "v", 0, "id")).toEqual({ ok: true, version: 1, revision: 1 });
+    expect(await store.get("k")).toEqual({ value: "v", version: 1, modRevision: 1, createRevision: 1, putId: "id" });
   });
 
   it("refuses a mismatched version and reports the entry it found", async () => {
@@ -14,7 +14,7 @@ describe("MemoryStore.putIfVersion", () => {
     await store.putIfVersion("k", "v", 0, "id");
     expect(await store.putIfVersion("k", "w", 0, "other")).toEqual({
       ok: false,
-      current: { value: "v", version: 1, putId: "id" },
+      current: { value: "v", version: 1, modRevision: 1, createRevision: 1, putId: "id" },
     });
   });
 
@@ -22,7 +22,7 @@ describe("MemoryStore.putIfVersion", () => {
     const store = new MemoryStore();
     await store.putIfVersion("k", "v", 0, "id");
     await store.putIfVersion("k", "w", 1, undefined);
-    expect(await store.get("k")).toEqual({ value: "w", version: 2 });
+    expect(await store.get("k")).toEqual({ value: "w", version: 2, modRevision: 2, createRevision: 1 });
   });
 });
 

@@ -12,6 +12,8 @@ export class MemoryStore implements Store {
   readonly #entries = new Map<string, StoredEntry>();
   readonly #watchers = new KeyWatchers();
   readonly #records: CompletionRecords;
+  // The store revision (contract §2): raised by every write.
+  #revision = 0;
   #isClosed = false;
 
   /** `options`: how long completion records are kept, and how many at most. */
@@ -45,10 +47,13 @@ export class MemoryStore implements Store {
     }
     if (putId !== undefined) this.#records.assertRoom();
     const version = expectedVersion + 1;
-    this.#entries.set(key, putId === undefined ? { value, version } : { value, version, putId });
-    if (putId !== undefined) this.#records.add(putId, key, expectedVersion, { err: "OK", version });
+    const revision = ++this.#revision;
+    const createRevision = current?.createRevision ?? revision;
+    const entry = { value, version, modRevision: revision, createRevision };
+    this.#entries.set(key, putId === undefined ? entry : { ...entry, putId });
+    if (putId !== undefined) this.#records.add(putId, key, expectedVersion, { err: "OK", version, revision });
     this.#watchers.notify(key);
-    return { ok: true, version };
+    return { ok: true, version, revision };
   }
 
   async completionRecords(): Promise<number> {

@@ -1,10 +1,15 @@
 import { KvError } from "@kv/rpc";
 import type { PutDecision } from "./completion-records";
 
-/** What a store keeps per key: the value, its version, and the id of the put that wrote it. */
+/**
+ * What a store keeps per key: the value, its version, the store revisions of the write that made
+ * this version and of the one that created the key, and the id of the put that wrote it.
+ */
 export interface StoredEntry {
   readonly value: string;
   readonly version: number;
+  readonly modRevision: number;
+  readonly createRevision: number;
   readonly putId?: string | undefined;
 }
 
@@ -14,7 +19,7 @@ export interface StoredEntry {
  * changed now).
  */
 export type PutIfVersionResult =
-  | { readonly ok: true; readonly version: number }
+  | { readonly ok: true; readonly version: number; readonly revision: number }
   | { readonly ok: false; readonly current: StoredEntry | undefined }
   | { readonly ok?: undefined; readonly recorded: PutDecision };
 
@@ -34,8 +39,9 @@ export interface Store {
   get(key: string): Promise<StoredEntry | undefined>;
   /**
    * Atomically: when the key's version equals `expectedVersion` (0: the key is absent), store
-   * `value` at version `expectedVersion + 1` together with `putId`, and resolve
-   * `{ ok: true, version }`. Otherwise change nothing and resolve `{ ok: false, current }` with
+   * `value` at version `expectedVersion + 1` together with `putId`, raise the store revision,
+   * and resolve `{ ok: true, version, revision }` — the new revision, which is the entry's
+   * `modRevision` (and its `createRevision` when it created the key). Otherwise change nothing and resolve `{ ok: false, current }` with
    * the entry as it was at that same moment (`undefined`: absent).
    *
    * A store that keeps completion records (contract §2; {@link completionRecords} says so)

@@ -30,33 +30,45 @@ describe("EtcdStore", () => {
   it("keeps deployments with different prefixes apart in one cluster", async () => {
     const [a, b] = await Promise.all([storeWithPrefix("deploy-a/"), storeWithPrefix("deploy-b/")]);
     onTestFinished(() => Promise.all([a.close(), b.close()]).then(() => undefined));
-    expect(await a.putIfVersion("shared-name", "from a", 0, undefined)).toEqual({ ok: true, version: 1 });
+    expect(await a.putIfVersion("shared-name", "from a", 0, undefined)).toEqual({ ok: true, version: 1, revision: expect.any(Number) });
     expect(await b.get("shared-name")).toBeUndefined();
-    expect(await b.putIfVersion("shared-name", "from b", 0, undefined)).toEqual({ ok: true, version: 1 });
-    expect(await a.get("shared-name")).toEqual({ value: "from a", version: 1 });
+    expect(await b.putIfVersion("shared-name", "from b", 0, undefined)).toEqual({ ok: true, version: 1, revision: expect.any(Number) });
+    expect(await a.get("shared-name")).toEqual({
+      value: "from a",
+      version: 1,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
   });
 
   it("serves one keyspace to several stores, as several kv servers share a cluster", async () => {
     const prefix = `shared-${randomUUID()}/`;
     const [one, two] = [new KVServer(await storeWithPrefix(prefix)), new KVServer(await storeWithPrefix(prefix))];
-    expect(await one.put("k", "v1", 0)).toEqual({ err: "OK", version: 1 });
+    expect(await one.put("k", "v1", 0)).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
     expect(await two.put("k", "v2", 0)).toEqual({ err: "ErrVersion" });
-    expect(await two.put("k", "v2", 1)).toEqual({ err: "OK", version: 2 });
-    expect(await one.get("k")).toEqual({ err: "OK", value: "v2", version: 2 });
+    expect(await two.put("k", "v2", 1)).toEqual({ err: "OK", version: 2, revision: expect.any(Number) });
+    expect(await one.get("k")).toEqual({
+      err: "OK",
+      value: "v2",
+      version: 2,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
   });
 
   it("shares completion records among stores on one prefix: a retry through another finds the first one's record", async () => {
     const prefix = `records-${randomUUID()}/`;
     const [one, two] = [await storeWithPrefix(prefix), await storeWithPrefix(prefix)];
     onTestFinished(() => Promise.all([one.close(), two.close()]).then(() => undefined));
-    expect(await new KVServer(one).put("k", "mine", 0, "put-mine")).toEqual({ err: "OK", version: 1 });
-    expect(await new KVServer(two).put("k", "theirs", 1, "put-theirs")).toEqual({ err: "OK", version: 2 });
-    expect(await new KVServer(two).put("k", "mine", 0, "put-mine", { isRetry: true })).toEqual({ err: "OK", version: 1 });
+    const mine = await new KVServer(one).put("k", "mine", 0, "put-mine");
+    expect(mine).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
+    expect(await new KVServer(two).put("k", "theirs", 1, "put-theirs")).toEqual({ err: "OK", version: 2, revision: expect.any(Number) });
+    expect(await new KVServer(two).put("k", "mine", 0, "put-mine", { isRetry: true })).toEqual(mine); // the revision it made, too
     // A refusal recorded through one stops a late try through the other.
     expect(await new KVServer(one).put("k", "x", 3, "put-x", { isRetry: true })).toEqual({ err: "ErrVersion" });
-    expect(await new KVServer(one).put("k", "v3", 2)).toEqual({ err: "OK", version: 3 });
+    expect(await new KVServer(one).put("k", "v3", 2)).toEqual({ err: "OK", version: 3, revision: expect.any(Number) });
     expect(await new KVServer(two).put("k", "x", 3, "put-x")).toEqual({ err: "ErrVersion" });
-    expect(await one.get("k")).toEqual({ value: "v3", version: 3 });
+    expect(await one.get("k")).toEqual({ value: "v3", version: 3, modRevision: expect.any(Number), createRevision: expect.any(Number) });
     expect(await two.completionRecords()).toBe(3);
   });
 
@@ -117,20 +129,25 @@ describe("EtcdStore on a three-member cluster, through faults", () => {
     const prefix = `one-down-${randomUUID()}/`;
     const store = await openEtcdStore({ endpoints: three.endpoints, prefix });
     onTestFinished(() => store.close());
-    expect(await store.putIfVersion("k", "v1", 0, undefined)).toEqual({ ok: true, version: 1 });
+    expect(await store.putIfVersion("k", "v1", 0, undefined)).toEqual({ ok: true, version: 1, revision: expect.any(Number) });
     await three.members[0]?.kill();
     expect(await store.isReady()).toBe(true);
-    expect(await store.putIfVersion("k", "v2", 1, undefined)).toEqual({ ok: true, version: 2 });
+    expect(await store.putIfVersion("k", "v2", 1, undefined)).toEqual({ ok: true, version: 2, revision: expect.any(Number) });
     await three.members[0]?.start();
     const onlyTheRestarted = await openEtcdStore({ endpoints: [three.members[0]?.clientUrl as string], prefix });
     onTestFinished(() => onlyTheRestarted.close());
-    expect(await onlyTheRestarted.get("k")).toEqual({ value: "v2", version: 2 }); // a linearizable read there sees the write it missed
+    expect(await onlyTheRestarted.get("k")).toEqual({
+      value: "v2",
+      version: 2,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    }); // a linearizable read there sees the write it missed
   });
 
   it("is not ready, and refuses calls, while a majority is down; ready again with nothing lost once it is back", async () => {
     const store = await openEtcdStore({ endpoints: three.endpoints, prefix: `no-quorum-${randomUUID()}/`, callTimeoutMs: 300 });
     onTestFinished(() => store.close());
-    expect(await store.putIfVersion("k", "v", 0, undefined)).toEqual({ ok: true, version: 1 });
+    expect(await store.putIfVersion("k", "v", 0, undefined)).toEqual({ ok: true, version: 1, revision: expect.any(Number) });
     await Promise.all([three.members[1]?.kill(), three.members[2]?.kill()]);
     expect(await store.isReady()).toBe(false);
     await expect(store.get("k")).rejects.toMatchObject({ code: "ERR_KV_UNAVAILABLE" });
@@ -140,7 +157,8 @@ describe("EtcdStore on a three-member cluster, through faults", () => {
     await expect.poll(() => store.isReady(), { timeout: 15_000 }).toBe(true);
     const after = await store.get("k");
     // Not applied, unless the put's outcome was unknown: then it may have been, once the quorum came back.
-    if (hasCode(refused, "ERR_KV_UNAVAILABLE")) expect(after).toEqual({ value: "v", version: 1 });
+    if (hasCode(refused, "ERR_KV_UNAVAILABLE"))
+      expect(after).toEqual({ value: "v", version: 1, modRevision: expect.any(Number), createRevision: expect.any(Number) });
     else expect([1, 2]).toContain(after?.version);
   });
 

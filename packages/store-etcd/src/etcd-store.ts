@@ -164,7 +164,7 @@ export class EtcdStore implements Store {
             .else(this.#kv.get(key))
             .options(this.#callOptions())
             .commit();
-          if (res.succeeded) return { ok: true, version: expectedVersion + 1 };
+          if (res.succeeded) return { ok: true, version: expectedVersion + 1, revision: Number(res.header.revision) };
           const current = entryOf(res.responses[0]?.response_range.kvs[0]);
           // An unanswered try may still be applied later, whenever the key reaches expectedVersion.
           if (isAmbiguous) break;
@@ -173,7 +173,8 @@ export class EtcdStore implements Store {
         // One transaction decides the id: applied with its record only if it has none yet, and
         // otherwise the key and the record read back at the same revision.
         const recordKey = recordKeyOf(putId);
-        const applied: PutDecision = { err: "OK", version: expectedVersion + 1 };
+        // The record's revision is its own mod_revision: the transaction's (see decisionOf).
+        const applied = { err: "OK" as const, version: expectedVersion + 1 };
         const res = await this.#kv
           .if(key, "Version", "==", expectedVersion)
           .and(recordKey, "Create", "==", 0)
@@ -189,7 +190,7 @@ export class EtcdStore implements Store {
           .commit();
         if (res.succeeded) {
           this.#recordCount.added++;
-          return { ok: true, version: expectedVersion + 1 };
+          return { ok: true, version: expectedVersion + 1, revision: Number(res.header.revision) };
         }
         const record = decisionOf(res.responses[1]?.response_range.kvs[0]);
         if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId) };
@@ -406,23 +407,34 @@ function recordKeyOf(putId: string): Buffer {
   return Buffer.concat([Buffer.from([RECORD_MARK]), Buffer.from(putId, "utf8")]);
 }
 
-/** A completion record as etcd keeps it: JSON of the write it was made for and its decision. */
-function encodeDecision(key: string, version: number, decision: PutDecision): string {
+/**
+ * A completion record as etcd keeps it: JSON of the write it was made for and its decision —
+ * an applied put's without its revision, which is the record's own mod_revision (written in the
+ * put's transaction).
+ */
+function encodeDecision(key: string, version: number, decision: PutDecision | { err: "OK"; version: number }): string {
   return JSON.stringify({ k: key, n: version, d: decision });
 }
 
 function decisionOf(kv: IKeyValue | undefined): CompletionRecord | undefined {
   if (kv === undefined) return undefined;
   const { k, n, d } = JSON.parse(kv.value.toString("utf8")) as { k: string; n: number; d: PutDecision };
-  return { kind: "put", key: k, version: n, decision: d, at: 0 };
+  // An OK found by the old rule and recorded as a retry's refusal carries its revision already.
+  const decision = d.err === "OK" && d.revision === undefined ? { ...d, revision: Number(kv.mod_revision) } : d;
+  return { kind: "put", key: k, version: n, decision, at: 0 };
 }
 
 function entryOf(kv: IKeyValue | undefined): StoredEntry | undefined {
   if (kv === undefined) return undefined;
   const idEnd = 2 + kv.value.readUInt16BE(0);
   const value = kv.value.toString("utf8", idEnd);
-  const version = Number(kv.version);
-  return idEnd === 2 ? { value, version } : { value, version, putId: kv.value.toString("utf8", 2, idEnd) };
+  const entry = {
+    value,
+    version: Number(kv.version),
+    modRevision: Number(kv.mod_revision),
+    createRevision: Number(kv.create_revision),
+  };
+  return idEnd === 2 ? entry : { ...entry, putId: kv.value.toString("utf8", 2, idEnd) };
 }
 
 /**

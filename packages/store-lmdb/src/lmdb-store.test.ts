@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Store } from "@kv/server";
@@ -32,9 +32,12 @@ describe("LmdbStore.close", () => {
     const store = await openLmdbStore({ path });
     const puts = Array.from({ length: 50 }, (_, i) => store.putIfVersion(`k${i}`, "v", 0, undefined)); // not awaited
     await store.close();
-    expect(await Promise.all(puts)).toEqual(Array.from({ length: 50 }, () => ({ ok: true, version: 1 })));
+    expect(await Promise.all(puts)).toEqual(Array.from({ length: 50 }, (_, i) => ({ ok: true, version: 1, revision: i + 1 })));
     const again = await openLmdbStore({ path });
-    for (let i = 0; i < 50; i++) expect(await again.get(`k${i}`)).toEqual({ value: "v", version: 1 });
+    for (let i = 0; i < 50; i++)
+      expect(await again.get(`k${i}`)).toEqual({ value: "v", version: 1, modRevision: i + 1, createRevision: i + 1 });
+    // The store revision is as durable as the writes: the next one goes on from it.
+    expect(await again.putIfVersion("k0", "w", 1, undefined)).toEqual({ ok: true, version: 2, revision: 51 });
     await again.close();
   });
 });
@@ -53,13 +56,13 @@ describe("LmdbStore completion records", () => {
   it("keeps a record on disk with its put, and removes it there once it expired", async () => {
     const path = freshDir();
     const store = await openLmdbStore({ path, retentionMs: 300 });
-    expect(await store.putIfVersion("k", "v", 0, "kept")).toEqual({ ok: true, version: 1 });
+    expect(await store.putIfVersion("k", "v", 0, "kept")).toEqual({ ok: true, version: 1, revision: 1 });
     await store.close();
     expect(recordsOnDisk(path)).toEqual(["kept"]);
 
     // Reopened, it knows the record's age: answered from it now, expired after the retention.
     const again = await openLmdbStore({ path, retentionMs: 300 });
-    expect(await again.putIfVersion("k", "v", 0, "kept", { isRetry: true })).toEqual({ recorded: { err: "OK", version: 1 } });
+    expect(await again.putIfVersion("k", "v", 0, "kept", { isRetry: true })).toEqual({ recorded: { err: "OK", version: 1, revision: 1 } });
     await new Promise((resolve) => setTimeout(resolve, 1_500)); // the retention, and a sweep
     expect(await again.completionRecords()).toBe(0);
     await again.close();
@@ -67,11 +70,57 @@ describe("LmdbStore completion records", () => {
   });
 });
 
+describe("LmdbStore formats", () => {
+  // A directory kv wrote before revisions (see test-fixtures/make-format-1.mjs): versions up to 7.
+  const formatOne = () => {
+    const path = freshDir();
+    cpSync(join(import.meta.dirname, "../test-fixtures/format-1"), path, { recursive: true });
+    return path;
+  };
+  const longKey = "k".repeat(2000);
+  const century = 100 * 365 * 24 * 3_600_000; // the fixture's completion records are as old as the fixture
+
+  it("opens a directory written before revisions and serves it as before, with revisions above every version it held", async () => {
+    const path = formatOne();
+    const store = await openLmdbStore({ path, retentionMs: century });
+    // Entries not rewritten since read as made and created at the base revision: the largest version then.
+    expect(await store.get("greeting")).toEqual({ value: "hello again", version: 2, modRevision: 7, createRevision: 7, putId: "put-2" });
+    expect(await store.get("lock")).toEqual({ value: "__unlocked", version: 7, modRevision: 7, createRevision: 7 });
+    expect(await store.get(longKey)).toEqual({ value: "long key", version: 1, modRevision: 7, createRevision: 7 });
+    expect(await store.get("ünïcødé")).toMatchObject({ value: "✓", version: 1 });
+    // A retry of a put made then is still answered from its completion record.
+    expect(await store.putIfVersion("greeting", "hello again", 1, "put-2", { isRetry: true })).toEqual({
+      recorded: { err: "OK", version: 2, revision: 7 },
+    });
+    // The next holder's token (its write's revision) is above the last one handed out (version 7).
+    expect(await store.putIfVersion("lock", "next holder", 7, "acquire")).toEqual({ ok: true, version: 8, revision: 8 });
+    expect(await store.get("lock")).toEqual({ value: "next holder", version: 8, modRevision: 8, createRevision: 7, putId: "acquire" });
+    await store.close();
+    // Upgraded once: opened again, it goes on from where it was.
+    const again = await openLmdbStore({ path });
+    expect(await again.putIfVersion(longKey, "rewritten", 1, undefined)).toEqual({ ok: true, version: 2, revision: 9 });
+    expect(await again.get("greeting")).toMatchObject({ version: 2, modRevision: 7 });
+    await again.close();
+  });
+
+  it("refuses a directory of a newer format with one clear line, and leaves it as it was", async () => {
+    const path = freshDir();
+    await (await openLmdbStore({ path })).close();
+    const raw = open({ path, noSubdir: false, useVersions: true, keyEncoding: "binary", encoding: "msgpack" });
+    await raw.put(Buffer.from("\xfdformat", "latin1"), 3 as never);
+    await raw.close();
+    await expect(openLmdbStore({ path })).rejects.toMatchObject({
+      code: "ERR_KV_STORE_OPEN",
+      message: `${path} holds kv data of format 3, newer than this kv reads (2): run a newer kv on it`,
+    });
+  });
+});
+
 describe("openLmdbStore", () => {
   it("creates the directory, dots in its name and all", async () => {
     const path = join(freshDir(), "nested.dir");
     const store = await openLmdbStore({ path });
-    expect(await store.putIfVersion("k", "v", 0, undefined)).toEqual({ ok: true, version: 1 });
+    expect(await store.putIfVersion("k", "v", 0, undefined)).toEqual({ ok: true, version: 1, revision: 1 });
     await store.close();
   });
 
@@ -111,7 +160,7 @@ describe("openLmdbStore", () => {
     mkdirSync(path);
     writeFileSync(join(path, "lock.mdb"), "");
     const store = await openLmdbStore({ path });
-    expect(await store.putIfVersion("k", "v", 0, undefined)).toEqual({ ok: true, version: 1 });
+    expect(await store.putIfVersion("k", "v", 0, undefined)).toEqual({ ok: true, version: 1, revision: 1 });
     await store.close();
   });
 

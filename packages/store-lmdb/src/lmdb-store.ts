@@ -25,18 +25,25 @@ export interface LmdbStoreOptions extends CompletionRecordOptions {
   path: string;
 }
 
-/** What one key holds in LMDB; the version is LMDB's own per-entry version. */
+/**
+ * What one key holds in LMDB. LMDB's own per-entry version is the entry's `modRevision`, which
+ * never repeats: a write conditional on it applies only to the very state it read.
+ */
 interface Record {
   /** The value. */
   v: string;
+  /** The key's version; absent in an entry written before revisions (format 1), whose LMDB version is its kv version. */
+  n?: number;
+  /** The key's `createRevision` (with `n`). */
+  c?: number;
   /** The put id that wrote this version, when it had one. */
   p?: string;
   /** The key itself, kept only when the LMDB key is its digest (see `lmdbKey`). */
   k?: string;
 }
 
-/** The completion record of a put that applied, kept on disk with the write it records: [version named, version made, key]. */
-type AppliedRecord = [number, number, string];
+/** The completion record of a put that applied, kept on disk with the write it records: [version named, key, revision made]. */
+type AppliedRecord = [number, string, number];
 
 // Completion records live in the same LMDB database as the keys, under 0xFE + when (8 bytes) +
 // the id: no UTF-8 string starts with 0xFE, so they never meet a key (not a named database:
@@ -44,6 +51,15 @@ type AppliedRecord = [number, number, string];
 // name would collide). In time order, new records are appended at the end of the tree rather
 // than scattered through it: a commit dirties a page or two for them, not one per record.
 const RECORD_MARK = 0xfe;
+// The store's own entries (its format, its revision) live under 0xFD, which no UTF-8 key starts with either.
+const META_MARK = 0xfd;
+const FORMAT_KEY = Buffer.from("\xfdformat", "latin1");
+const REVISION_KEY = Buffer.from("\xfdrevision", "latin1");
+// Entries written before revisions read as made and created at this revision: above every
+// version then stored, so fencing tokens (versions then, revisions now) keep growing.
+const BASE_REVISION_KEY = Buffer.from("\xfdbase-revision", "latin1");
+/** 1: entries without revisions (no marker); 2: revisions, LMDB's entry version is the modRevision. */
+const FORMAT = 2;
 // Expired records are removed this often, in the background, as ordinary batched writes.
 const SWEEP_INTERVAL_MS = 1_000;
 const SWEEP_BATCH = 10_000;
@@ -71,12 +87,22 @@ export class LmdbStore implements Store {
   readonly #applied: Map<string, number>;
   // Records on their way to disk: counted against maxIds already.
   #pendingRecords = 0;
+  // The store revision (contract §2): the last one given to a write, committed or on its way.
+  #revision: number;
+  readonly #baseRevision: number;
   readonly #sweeper: NodeJS.Timeout;
   #closed: Promise<void> | undefined;
 
-  private constructor(db: RootDatabase<Record, Buffer>, guard: Server, options: CompletionRecordOptions) {
+  private constructor(
+    db: RootDatabase<Record, Buffer>,
+    guard: Server,
+    options: CompletionRecordOptions,
+    revisions: { revision: number; baseRevision: number },
+  ) {
     this.#db = db;
     this.#guard = guard;
+    this.#revision = revisions.revision;
+    this.#baseRevision = revisions.baseRevision;
     this.#refusals = new CompletionRecords(options);
     this.#applied = loadAppliedRecords(db);
     this.#sweeper = setInterval(() => this.#sweep(), SWEEP_INTERVAL_MS).unref();
@@ -103,23 +129,24 @@ export class LmdbStore implements Store {
         overlappingSync: false,
       });
       db.getEntry(Buffer.from([0])); // opening is lazy in places: read once, so a bad file fails here
-      return new LmdbStore(db, guard, options);
+      return new LmdbStore(db, guard, options, await upgradeToCurrentFormat(db, path));
     } catch (err) {
       guard.close();
+      if (hasCode(err, "ERR_KV_STORE_OPEN")) throw err;
       throw new StoreOpenError(`cannot open the LMDB environment in ${path}: ${(err as Error).message}`, { cause: err });
     }
   }
 
   async get(key: string): Promise<StoredEntry | undefined> {
     this.#assertOpen();
-    return this.#read(key);
+    return this.#read(key)?.entry;
   }
 
   /**
-   * Two tries of one put may race here: each is decided by LMDB's conditional write on the key's
-   * version, and one that loses reads the key back, finds its own id at the version above the
-   * one it named (`refusalOf`), and records the same decision. Versions only grow, so a try
-   * refused because the key passed its version can never apply later.
+   * Two tries of one put may race here: each is decided by LMDB's conditional write on the
+   * entry it read, and one that loses reads the key back, finds its own id at the version above
+   * the one it named (`refusalOf`) or its record, and records the same decision. Versions only
+   * grow, so a try refused because the key passed its version can never apply later.
    */
   putIfVersion(
     key: string,
@@ -145,12 +172,9 @@ export class LmdbStore implements Store {
     }
     // A put that cannot apply is answered from a read: no write transaction, no sync. Under
     // contention (a lock's waiters racing for a released key) most puts are such puts.
-    const before = this.#read(key);
-    if ((before?.version ?? 0) !== expectedVersion) return this.#refuse(key, expectedVersion, putId, isRetry, before);
+    let read = this.#read(key);
+    if ((read?.entry.version ?? 0) !== expectedVersion) return this.#refuse(key, expectedVersion, putId, isRetry, read?.entry);
     const lmdb = lmdbKey(key);
-    const stored: Record = { v: value };
-    if (putId !== undefined) stored.p = putId;
-    if (lmdb[0] === DIGEST_MARK) stored.k = key;
     const version = expectedVersion + 1;
     if (putId !== undefined) {
       this.#assertRoom();
@@ -158,32 +182,33 @@ export class LmdbStore implements Store {
     }
     try {
       while (true) {
-        // Applied in the write transaction only if the entry is at expectedVersion then (absent
-        // for 0), with its completion record; resolves once the commit is on disk.
+        // Applied in the write transaction only if the entry is still the one read (absent:
+        // still absent), with the store revision and the completion record; resolves once the
+        // commit is on disk. Writes commit in the order they are given here, so revisions given
+        // in that order grow with the commits (a refused write leaves a gap).
+        const revision = ++this.#revision;
+        const stored: Record = { v: value, n: version, c: read?.entry.createRevision ?? revision };
+        if (putId !== undefined) stored.p = putId;
+        if (lmdb[0] === DIGEST_MARK) stored.k = key;
         let at = 0;
-        let isApplied: boolean;
-        if (putId === undefined) {
-          // lmdb-js takes ifVersion null for "only if absent", though its types say number.
-          isApplied = await this.#db.put(lmdb, stored, version, (expectedVersion === 0 ? null : expectedVersion) as number);
-        } else {
-          const write = () => {
-            at = this.#refusals.now();
-            this.#db.put(lmdb, stored, version);
-            this.#db.put(recordKey(at, putId), [expectedVersion, version, key] satisfies AppliedRecord as never);
-          };
-          isApplied = await (expectedVersion === 0 ? this.#db.ifNoExists(lmdb, write) : this.#db.ifVersion(lmdb, expectedVersion, write));
-        }
+        const write = () => {
+          this.#db.put(lmdb, stored, revision);
+          this.#db.put(REVISION_KEY, revision as never);
+          if (putId === undefined) return;
+          at = this.#refusals.now();
+          this.#db.put(recordKey(at, putId), [expectedVersion, key, revision] satisfies AppliedRecord as never);
+        };
+        const isApplied = await (read === undefined ? this.#db.ifNoExists(lmdb, write) : this.#db.ifVersion(lmdb, read.stamp, write));
         if (isApplied) {
           if (putId !== undefined) this.#applied.set(putId, at);
           this.#watchers.notify(key);
-          return { ok: true, version };
+          return { ok: true, version, revision };
         }
-        // LMDB says only "not applied", not why. Versions only grow and keys are never removed,
-        // so an entry read now at another version, or absent, explains the refusal at this very
-        // moment. One read back at expectedVersion moved there since: the put may apply now.
+        // LMDB says only "not applied", not why: the entry read now explains the refusal at this
+        // very moment. One read back at expectedVersion moved there since: the put may apply now.
         this.#assertOpen(); // closed while the put was committed: the environment is gone
-        const current = this.#read(key);
-        if (current?.version !== expectedVersion) return this.#refuse(key, expectedVersion, putId, isRetry, current);
+        read = this.#read(key);
+        if (read?.entry.version !== expectedVersion) return this.#refuse(key, expectedVersion, putId, isRetry, read?.entry);
       }
     } finally {
       if (putId !== undefined) this.#pendingRecords--;
@@ -226,8 +251,8 @@ export class LmdbStore implements Store {
     if (at === undefined || this.#isExpired(at)) return undefined;
     const applied = this.#db.get(recordKey(at, putId)) as unknown as AppliedRecord | undefined;
     if (applied === undefined) return undefined;
-    const [named, made, key] = applied;
-    return { kind: "put", key, version: named, decision: { err: "OK", version: made }, at };
+    const [named, key, revision] = applied;
+    return { kind: "put", key, version: named, decision: { err: "OK", version: named + 1, revision }, at };
   }
 
   #assertRoom(): void {
@@ -272,12 +297,18 @@ export class LmdbStore implements Store {
     await this.close();
   }
 
-  #read(key: string): StoredEntry | undefined {
-    const entry = this.#db.getEntry(lmdbKey(key));
-    if (entry === undefined) return undefined;
-    const { v, p, k } = entry.value;
+  /** The key's entry, and the LMDB version it is stored at: what a write conditional on this very state names. */
+  #read(key: string): { entry: StoredEntry; stamp: number } | undefined {
+    const found = this.#db.getEntry(lmdbKey(key));
+    if (found === undefined) return undefined;
+    const { v, n, c, p, k } = found.value;
     if (k !== undefined && k !== key) throw new Error(`SHA-256 collision between two keys: ${JSON.stringify([k, key])}`);
-    return p === undefined ? { value: v, version: entry.version as number } : { value: v, version: entry.version as number, putId: p };
+    const stamp = found.version as number;
+    const entry =
+      n === undefined
+        ? { value: v, version: stamp, modRevision: this.#baseRevision, createRevision: this.#baseRevision } // format 1
+        : { value: v, version: n, modRevision: stamp, createRevision: c as number };
+    return { entry: p === undefined ? entry : { ...entry, putId: p }, stamp };
   }
 
   #assertOpen(): void {
@@ -292,6 +323,39 @@ export class LmdbStore implements Store {
  */
 export function openLmdbStore(options: LmdbStoreOptions): Promise<LmdbStore> {
   return LmdbStore.open(options);
+}
+
+/**
+ * Brings a directory to the current format and answers its revisions. Format 1 (no marker, kv
+ * before revisions) gets a base revision above every version stored — the fencing tokens it
+ * gave out — in one commit; its entries stay as they are until rewritten. A newer format is
+ * refused: this kv cannot tell what its entries mean.
+ */
+async function upgradeToCurrentFormat(db: RootDatabase<Record, Buffer>, path: string): Promise<{ revision: number; baseRevision: number }> {
+  const format = db.get(FORMAT_KEY) as unknown as number | undefined;
+  if (format !== undefined && format > FORMAT) {
+    throw new StoreOpenError(`${path} holds kv data of format ${format}, newer than this kv reads (${FORMAT}): run a newer kv on it`);
+  }
+  if (format === FORMAT) {
+    return { revision: db.get(REVISION_KEY) as unknown as number, baseRevision: db.get(BASE_REVISION_KEY) as unknown as number };
+  }
+  let baseRevision = 0;
+  for (const { key, version } of db.getRange({ versions: true })) {
+    const mark = (key as Buffer)[0];
+    if (mark !== RECORD_MARK && mark !== META_MARK) baseRevision = Math.max(baseRevision, version as number);
+  }
+  // Completion records of format 1 are [named, made, key]: they become [named, key, base revision].
+  const records = [...db.getRange({ start: Buffer.from([RECORD_MARK]), end: Buffer.from([RECORD_MARK + 1]) })];
+  await db.transaction(() => {
+    for (const { key, value } of records) {
+      const [named, , recordedKey] = value as unknown as [number, number, string];
+      db.put(key, [named, recordedKey, baseRevision] satisfies AppliedRecord as never);
+    }
+    db.put(BASE_REVISION_KEY, baseRevision as never);
+    db.put(REVISION_KEY, baseRevision as never);
+    db.put(FORMAT_KEY, FORMAT as never);
+  });
+  return { revision: baseRevision, baseRevision };
 }
 
 function recordKey(at: number, putId: string): Buffer {

@@ -24,8 +24,15 @@ const put = (
   call,
   ...(ret === undefined ? {} : { return: ret, output }),
 });
-const OK = (version: number): PutResult => ({ err: "OK", version });
-const read = (value: string, version: number): GetResult => ({ err: "OK", value, version });
+// One key's histories: its n-th write is the store's n-th, so revisions are versions here.
+const OK = (version: number, revision = version): PutResult => ({ err: "OK", version, revision });
+const read = (value: string, version: number, modRevision = version, createRevision = 1): GetResult => ({
+  err: "OK",
+  value,
+  version,
+  modRevision,
+  createRevision,
+});
 const NoKey = { err: "ErrNoKey" } as const;
 const Version = { err: "ErrVersion" } as const;
 const Maybe = { err: "ErrMaybe" } as const;
@@ -220,7 +227,7 @@ describe("checkLinearizable input checks and budget", () => {
   });
 });
 
-type Model = Map<string, { value: string; version: number }>;
+type Model = Map<string, { value: string; version: number; modRevision: number; createRevision: number }>;
 const opArb = fc.oneof(
   fc.record({ kind: fc.constant("get" as const), key: fc.constantFrom("a", "b", "c") }),
   fc.record({
@@ -234,13 +241,20 @@ const opArb = fc.oneof(
 /** Runs ops one at a time against a model of contract §2; each op's span is its own slot. */
 function sequentialHistory(ops: Op[], clients: number): Event[] {
   const model: Model = new Map();
+  let revision = 0;
   return ops.map((op, i) => {
     const cur = model.get(op.key);
     let output: GetResult | PutResult;
-    if (op.kind === "get") output = cur ? { err: "OK", value: cur.value, version: cur.version } : NoKey;
+    if (op.kind === "get") output = cur ? { err: "OK", ...cur } : NoKey;
     else if ((cur?.version ?? 0) === op.version) {
-      model.set(op.key, { value: op.value, version: op.version + 1 });
-      output = OK(op.version + 1);
+      revision++;
+      model.set(op.key, {
+        value: op.value,
+        version: op.version + 1,
+        modRevision: revision,
+        createRevision: cur?.createRevision ?? revision,
+      });
+      output = OK(op.version + 1, revision);
     } else output = cur ? Version : NoKey;
     return { client: i % clients, op, call: 2 * i, return: 2 * i + 1, output };
   });
@@ -263,7 +277,7 @@ describe("checkLinearizable properties", () => {
         const reads = h.filter((e) => e.op.kind === "get" && e.output?.err === "OK");
         fc.pre(reads.length > 0);
         const victim = reads[pick % reads.length] as Event;
-        victim.output = { ...(victim.output as { err: "OK"; value: string; version: number }), value: "never written" };
+        victim.output = { ...(victim.output as Extract<GetResult, { err: "OK" }>), value: "never written" };
         expect(checkLinearizable(h)).toMatchObject({ result: "illegal", key: victim.op.key });
       }),
       { numRuns: 300 },

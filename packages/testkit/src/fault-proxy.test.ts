@@ -129,9 +129,15 @@ describe("FaultProxy in front of the built server", () => {
       headers: { "content-type": "application/json" },
       body: JSON.stringify({ value: "v", version: 0 }),
     });
-    expect(await put.body.json()).toEqual({ err: "OK", version: 1 });
+    expect(await put.body.json()).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
     const get = await client.request({ method: "GET", path: "/v1/kv/slow-connection" });
-    expect(await get.body.json()).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(await get.body.json()).toEqual({
+      err: "OK",
+      value: "v",
+      version: 1,
+      modRevision: expect.any(Number),
+      createRevision: expect.any(Number),
+    });
     expect(proxy.stats).toMatchObject({ connections: 1, delayed: 1, reset: 0, dropped: 0, blackholed: 0 });
     expect(proxy.stats.forwarded).toBeGreaterThanOrEqual(4); // two requests and two replies went through
   });
@@ -160,7 +166,7 @@ describe("FaultProxy in front of the built server", () => {
     expect(reply).toMatch(/^HTTP\/1\.1 200 /);
     expect(proxy.stats.delayed).toBeGreaterThanOrEqual(1);
     const stored = await fetch(`${server.url}/v1/kv/ordered`);
-    expect(await stored.json()).toEqual({ err: "OK", value: "in order", version: 1 });
+    expect(await stored.json()).toMatchObject({ err: "OK", value: "in order", version: 1 });
   });
 
   it("closes on Symbol.asyncDispose, as `await using` does", async () => {

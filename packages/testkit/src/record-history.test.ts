@@ -4,9 +4,15 @@ import type { Event } from "./history";
 import { assertLinearizable, recordHistory } from "./record-history";
 
 const staleRead: Event[] = [
-  { client: 0, op: { kind: "put", key: "k", value: "a", version: 0 }, call: 0, return: 1, output: { err: "OK", version: 1 } },
-  { client: 0, op: { kind: "put", key: "k", value: "b", version: 1 }, call: 2, return: 3, output: { err: "OK", version: 2 } },
-  { client: 1, op: { kind: "get", key: "k" }, call: 4, return: 5, output: { err: "OK", value: "a", version: 1 } },
+  { client: 0, op: { kind: "put", key: "k", value: "a", version: 0 }, call: 0, return: 1, output: { err: "OK", version: 1, revision: 1 } },
+  { client: 0, op: { kind: "put", key: "k", value: "b", version: 1 }, call: 2, return: 3, output: { err: "OK", version: 2, revision: 2 } },
+  {
+    client: 1,
+    op: { kind: "get", key: "k" },
+    call: 4,
+    return: 5,
+    output: { err: "OK", value: "a", version: 1, modRevision: 1, createRevision: 1 },
+  },
 ];
 
 describe("assertLinearizable", () => {

@@ -44,8 +44,8 @@ class VersionBlindStore implements Store {
   }
   async putIfVersion(key: string, value: string): Promise<PutIfVersionResult> {
     const version = (this.#entries.get(key)?.version ?? 0) + 1;
-    this.#entries.set(key, { value, version });
-    return { ok: true, version };
+    this.#entries.set(key, { value, version, modRevision: version, createRevision: 1 });
+    return { ok: true, version, revision: version };
   }
   async close() {}
 }
@@ -116,7 +116,7 @@ describe("SimNetwork", () => {
     const net = new SimNetwork(new KVServer(new MemoryStore()), { seed: 5, replyLoss: 1 });
     await expect(net.transport(0).put({ key: "k", value: "v", version: 0 })).rejects.toMatchObject({ code: "ERR_KV_NO_REPLY" });
     net.setFaults({ replyLoss: 0 });
-    expect(await net.transport(1).get("k")).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(await net.transport(1).get("k")).toEqual({ err: "OK", value: "v", version: 1, modRevision: 1, createRevision: 1 });
     expect(net.stats.lostReplies).toBe(1);
   });
 
@@ -156,9 +156,9 @@ describe("SimNetwork", () => {
     net.partition([0]);
     await expect(cut.put({ key: "k", value: "v", version: 0 })).rejects.toMatchObject({ code: "ERR_KV_NO_REPLY" });
     expect(await other.get("k")).toEqual({ err: "ErrNoKey" }); // the cut-off put never arrived
-    expect(await other.put({ key: "k", value: "w", version: 0 })).toEqual({ err: "OK", version: 1 });
+    expect(await other.put({ key: "k", value: "w", version: 0 })).toEqual({ err: "OK", version: 1, revision: 1 });
     net.heal();
-    expect(await cut.get("k")).toEqual({ err: "OK", value: "w", version: 1 });
+    expect(await cut.get("k")).toEqual({ err: "OK", value: "w", version: 1, modRevision: 1, createRevision: 1 });
     expect(net.stats.partitioned).toBeGreaterThan(0);
   });
 
@@ -189,16 +189,16 @@ describe("SimNetwork", () => {
       .catch((e: unknown) => e);
     expect(hasCode(err, "ERR_INVALID_ARG_VALUE")).toBe(true);
     const ok: PutResult = await net.transport(0).put({ key: "k", value: "v", version: 0, id: "p1" });
-    expect(ok).toEqual({ err: "OK", version: 1 });
+    expect(ok).toEqual({ err: "OK", version: 1, revision: 1 });
   });
 
   it("holds a long-poll read until a put through the network changes the key", async () => {
     const net = new SimNetwork(new KVServer(new MemoryStore()), { seed: 5, replyTimeoutMs: 10_000 });
     const waiting = net.transport(0).get("k", { timeoutMs: 10_000, wait: { version: 0, ms: 5_000 } });
     await net.sleep(1_000);
-    expect(await net.transport(1).put({ key: "k", value: "v", version: 0 })).toEqual({ err: "OK", version: 1 });
+    expect(await net.transport(1).put({ key: "k", value: "v", version: 0 })).toEqual({ err: "OK", version: 1, revision: 1 });
     const putDone = net.now();
-    expect(await waiting).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(await waiting).toEqual({ err: "OK", value: "v", version: 1, modRevision: 1, createRevision: 1 });
     expect(net.now() - putDone).toBeLessThan(20);
   });
 
@@ -207,10 +207,22 @@ describe("SimNetwork", () => {
     await server.put("k", "v", 0);
     const net = new SimNetwork(server, { seed: 6, replyTimeoutMs: 10_000 });
     const t = net.transport(0);
-    expect(await t.get("k", { wait: { version: 0, ms: 5_000 } })).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(await t.get("k", { wait: { version: 0, ms: 5_000 } })).toEqual({
+      err: "OK",
+      value: "v",
+      version: 1,
+      modRevision: 1,
+      createRevision: 1,
+    });
     expect(net.now()).toBeLessThan(20);
     const start = net.now();
-    expect(await t.get("k", { wait: { version: 1, ms: 2_000 } })).toEqual({ err: "OK", value: "v", version: 1 });
+    expect(await t.get("k", { wait: { version: 1, ms: 2_000 } })).toEqual({
+      err: "OK",
+      value: "v",
+      version: 1,
+      modRevision: 1,
+      createRevision: 1,
+    });
     expect(net.now() - start).toBeGreaterThanOrEqual(2_000);
     expect(await t.get("absent", { wait: { version: 0, ms: 300 } })).toEqual({ err: "ErrNoKey" });
   });

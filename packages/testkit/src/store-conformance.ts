@@ -34,6 +34,20 @@ const ODD_KEYS = [
   `${"y".repeat(2000)}2`,
 ];
 
+// What the suite expects where only the revision's existence matters; the revisions' own test
+// checks their values.
+const revision = () => expect.any(Number);
+const applied = (version: number) => ({ ok: true, version, revision: revision() });
+const answered = (version: number) => ({ err: "OK", version, revision: revision() });
+const got = (value: string, version: number) => ({ err: "OK", value, version, modRevision: revision(), createRevision: revision() });
+const entry = (value: string, version: number, putId?: string) => ({
+  value,
+  version,
+  modRevision: revision(),
+  createRevision: revision(),
+  ...(putId !== undefined && { putId }),
+});
+
 /**
  * A vitest suite every `Store` must pass: each row of contract §2 through `KVServer` and on the
  * primitive itself, put ids kept with the value, exactly one winner among concurrent
@@ -63,36 +77,81 @@ export function describeStoreConformance(
       expect(await kv.get("k")).toEqual({ err: "ErrNoKey" });
       expect(await kv.put("k", "v1", 3)).toEqual({ err: "ErrNoKey" });
       expect(await kv.get("k")).toEqual({ err: "ErrNoKey" });
-      expect(await kv.put("k", "v1", 0)).toEqual({ err: "OK", version: 1 });
-      expect(await kv.get("k")).toEqual({ err: "OK", value: "v1", version: 1 });
-      expect(await kv.put("k", "v2", 1)).toEqual({ err: "OK", version: 2 });
+      expect(await kv.put("k", "v1", 0)).toEqual(answered(1));
+      expect(await kv.get("k")).toEqual(got("v1", 1));
+      expect(await kv.put("k", "v2", 1)).toEqual(answered(2));
       expect(await kv.put("k", "v3", 1)).toEqual({ err: "ErrVersion" });
       expect(await kv.put("k", "v3", 0)).toEqual({ err: "ErrVersion" });
       expect(await kv.put("k", "v3", 7)).toEqual({ err: "ErrVersion" });
-      expect(await kv.get("k")).toEqual({ err: "OK", value: "v2", version: 2 });
+      expect(await kv.get("k")).toEqual(got("v2", 2));
+    });
+
+    it("raises the store revision with every write; a key carries the revisions that made and created it", async () => {
+      const store = await fresh();
+      const kv = new KVServer(store);
+      const first = await kv.put("rev/a", "a1", 0, "rev-1");
+      if (first.err !== "OK") throw new Error(`put: ${first.err}`);
+      expect(await kv.get("rev/a")).toEqual({
+        err: "OK",
+        value: "a1",
+        version: 1,
+        modRevision: first.revision,
+        createRevision: first.revision,
+      });
+      const second = await kv.put("rev/a", "a2", 1);
+      const other = await kv.put("rev/b", "b1", 0);
+      if (second.err !== "OK" || other.err !== "OK") throw new Error("put refused");
+      expect(second.revision).toBeGreaterThan(first.revision);
+      expect(other.revision).toBeGreaterThan(second.revision);
+      expect(await kv.get("rev/a")).toEqual({
+        err: "OK",
+        value: "a2",
+        version: 2,
+        modRevision: second.revision,
+        createRevision: first.revision,
+      });
+      expect(await kv.get("rev/b")).toEqual({
+        err: "OK",
+        value: "b1",
+        version: 1,
+        modRevision: other.revision,
+        createRevision: other.revision,
+      });
+      // A refused put changes no revision; a retry answered from its record answers the revision it made then.
+      expect(await kv.put("rev/a", "no", 1)).toEqual({ err: "ErrVersion" });
+      expect(await kv.get("rev/a")).toMatchObject({ modRevision: second.revision });
+      const expected = store.completionRecords === undefined ? { err: "ErrVersion" } : first;
+      expect(await kv.put("rev/a", "a1", 0, "rev-1", { isRetry: true })).toEqual(expected);
+      // Concurrent writes to many keys: each its own revision, and the key's modRevision is it.
+      const writes = await Promise.all(Array.from({ length: 50 }, (_, i) => kv.put(`rev/many/${i}`, "v", 0)));
+      const revisions = writes.map((w) => (w.err === "OK" ? w.revision : Number.NaN));
+      expect(new Set(revisions).size).toBe(50);
+      expect(Math.min(...revisions)).toBeGreaterThan(other.revision);
+      for (let i = 0; i < 50; i++)
+        expect(await kv.get(`rev/many/${i}`)).toMatchObject({ modRevision: revisions[i], createRevision: revisions[i] });
     });
 
     it("recognises a retried put by its id while its completion record lasts, even after other writes", async () => {
       const store = await fresh();
       const kv = new KVServer(store);
-      expect(await kv.put("k", "mine", 0, "put-1")).toEqual({ err: "OK", version: 1 });
-      expect(await kv.put("k", "mine", 0, "put-1", { isRetry: true })).toEqual({ err: "OK", version: 1 }); // the retry
-      expect(await kv.get("k")).toEqual({ err: "OK", value: "mine", version: 1 });
+      expect(await kv.put("k", "mine", 0, "put-1")).toEqual(answered(1));
+      expect(await kv.put("k", "mine", 0, "put-1", { isRetry: true })).toEqual(answered(1)); // the retry
+      expect(await kv.get("k")).toEqual(got("mine", 1));
       expect(await kv.put("k", "other", 0, "put-2")).toEqual({ err: "ErrVersion" });
-      expect(await kv.put("k", "theirs", 1, "put-3")).toEqual({ err: "OK", version: 2 });
+      expect(await kv.put("k", "theirs", 1, "put-3")).toEqual(answered(2));
       // Another write came in between: a store with records still knows; one without, no longer.
-      const late = store.completionRecords === undefined ? { err: "ErrVersion" } : { err: "OK", version: 1 };
+      const late = store.completionRecords === undefined ? { err: "ErrVersion" } : answered(1);
       expect(await kv.put("k", "mine", 0, "put-1", { isRetry: true })).toEqual(late);
-      expect(await kv.get("k")).toEqual({ err: "OK", value: "theirs", version: 2 });
+      expect(await kv.get("k")).toEqual(got("theirs", 2));
     });
 
     it("keeps the put id with the value in the same write, and drops it when a put has none", async () => {
       const store = await fresh();
-      expect(await store.putIfVersion("k", "v", 0, "id-1")).toEqual({ ok: true, version: 1 });
-      expect(await store.get("k")).toEqual({ value: "v", version: 1, putId: "id-1" });
-      expect(await store.putIfVersion("k", "w", 0, "id-2")).toEqual({ ok: false, current: { value: "v", version: 1, putId: "id-1" } });
-      expect(await store.putIfVersion("k", "w", 1, undefined)).toEqual({ ok: true, version: 2 });
-      expect(await store.get("k")).toEqual({ value: "w", version: 2 });
+      expect(await store.putIfVersion("k", "v", 0, "id-1")).toEqual(applied(1));
+      expect(await store.get("k")).toEqual(entry("v", 1, "id-1"));
+      expect(await store.putIfVersion("k", "w", 0, "id-2")).toEqual({ ok: false, current: entry("v", 1, "id-1") });
+      expect(await store.putIfVersion("k", "w", 1, undefined)).toEqual(applied(2));
+      expect(await store.get("k")).toEqual(entry("w", 2));
       expect(await store.putIfVersion("absent", "w", 4, undefined)).toEqual({ ok: false, current: undefined });
     });
 
@@ -101,6 +160,7 @@ export function describeStoreConformance(
       const keepsRecords = store.completionRecords !== undefined;
       const records = new Map<string, { key: string; version: number; decision: PutDecision }>(); // ids live across runs
       let round = 0;
+      let lastRevision = 0;
       const op = fc.record({
         key: fc.constantFrom("a", "b"),
         value: fc.string(),
@@ -124,11 +184,20 @@ export function describeStoreConformance(
             }
             const now = model.get(key);
             const isApplied = (now?.version ?? 0) === o.version;
-            expect(await put()).toEqual(isApplied ? { ok: true, version: o.version + 1 } : { ok: false, current: now });
-            if (isApplied) {
-              const entry = { value: o.value, version: o.version + 1 };
-              model.set(key, id === undefined ? entry : { ...entry, putId: id });
-              if (id !== undefined) records.set(id, { key, version: o.version, decision: { err: "OK", version: o.version + 1 } });
+            const r = await put();
+            expect(r).toEqual(isApplied ? applied(o.version + 1) : { ok: false, current: now });
+            if (r.ok) {
+              expect(r.revision).toBeGreaterThan(lastRevision); // every write raises it
+              lastRevision = r.revision;
+              const made = {
+                value: o.value,
+                version: r.version,
+                modRevision: r.revision,
+                createRevision: now?.createRevision ?? r.revision,
+              };
+              model.set(key, id === undefined ? made : { ...made, putId: id });
+              if (id !== undefined)
+                records.set(id, { key, version: o.version, decision: { err: "OK", version: r.version, revision: r.revision } });
             } else if (id !== undefined && o.isRetry) {
               records.set(id, { key, version: o.version, decision: refusalOf(now, o.version, id) });
             }
@@ -146,10 +215,10 @@ export function describeStoreConformance(
           Array.from({ length: 40 }, (_, i) => store.putIfVersion("hot", `v${version}.${i}`, version, `id${version}.${i}`)),
         );
         const winners = results.filter((r) => r.ok);
-        expect(winners).toEqual([{ ok: true, version: version + 1 }]);
+        expect(winners).toEqual([applied(version + 1)]);
         const winner = results.findIndex((r) => r.ok);
         for (const r of results) if (r.ok === false) expect(r.current?.version).toBe(version + 1);
-        expect(await store.get("hot")).toEqual({ value: `v${version}.${winner}`, version: version + 1, putId: `id${version}.${winner}` });
+        expect(await store.get("hot")).toEqual(entry(`v${version}.${winner}`, version + 1, `id${version}.${winner}`));
       }
     });
 
@@ -174,7 +243,7 @@ export function describeStoreConformance(
         const results = await Promise.all(keys.slice(i, i + 100).map((k) => store.putIfVersion(k, `value of ${k}`, 0, undefined)));
         expect(results.every((r) => r.ok)).toBe(true);
       }
-      for (const k of keys) expect(await store.get(k)).toEqual({ value: `value of ${k}`, version: 1 });
+      for (const k of keys) expect(await store.get(k)).toEqual(entry(`value of ${k}`, 1));
     });
 
     it("gives back a value at the size limit byte for byte", async () => {
@@ -182,17 +251,16 @@ export function describeStoreConformance(
       const unit = "aé€😀"; // 1 + 2 + 3 + 4 UTF-8 bytes
       const value = unit.repeat(Math.floor(maxValueBytes / 10)) + "a".repeat(maxValueBytes % 10);
       expect(Buffer.byteLength(value)).toBe(maxValueBytes);
-      expect(await store.putIfVersion("large", value, 0, undefined)).toEqual({ ok: true, version: 1 });
+      expect(await store.putIfVersion("large", value, 0, undefined)).toEqual(applied(1));
       expect((await store.get("large"))?.value === value).toBe(true);
-      expect(await store.putIfVersion("empty", "", 0, undefined)).toEqual({ ok: true, version: 1 });
-      expect(await store.get("empty")).toEqual({ value: "", version: 1 });
+      expect(await store.putIfVersion("empty", "", 0, undefined)).toEqual(applied(1));
+      expect(await store.get("empty")).toEqual(entry("", 1));
     });
 
     it("keeps odd keys apart and gives them back as they were", async () => {
       const store = await fresh();
-      for (const [i, key] of ODD_KEYS.entries())
-        expect(await store.putIfVersion(key, `v${i}`, 0, undefined)).toEqual({ ok: true, version: 1 });
-      for (const [i, key] of ODD_KEYS.entries()) expect(await store.get(key)).toEqual({ value: `v${i}`, version: 1 });
+      for (const [i, key] of ODD_KEYS.entries()) expect(await store.putIfVersion(key, `v${i}`, 0, undefined)).toEqual(applied(1));
+      for (const [i, key] of ODD_KEYS.entries()) expect(await store.get(key)).toEqual(entry(`v${i}`, 1));
       expect(await store.get("constructor ")).toBeUndefined();
       expect(await store.get("y".repeat(2000))).toBeUndefined();
     });
@@ -205,10 +273,10 @@ export function describeStoreConformance(
       const waiting = kv.get("lp", { wait: { version: 0, ms: 60_000 } });
       await new Promise((resolve) => setTimeout(resolve, 100));
       await store.putIfVersion("lp", "v1", 0, undefined);
-      expect(await waiting).toEqual({ err: "OK", value: "v1", version: 1 });
+      expect(await waiting).toEqual(got("v1", 1));
       // Already different: at once. Unchanged: after the wait, as it is.
-      expect(await kv.get("lp", { wait: { version: 0, ms: 60_000 } })).toEqual({ err: "OK", value: "v1", version: 1 });
-      expect(await kv.get("lp", { wait: { version: 1, ms: 200 } })).toEqual({ err: "OK", value: "v1", version: 1 });
+      expect(await kv.get("lp", { wait: { version: 0, ms: 60_000 } })).toEqual(got("v1", 1));
+      expect(await kv.get("lp", { wait: { version: 1, ms: 200 } })).toEqual(got("v1", 1));
       // A put to another key does not end the wait; one to the key does.
       let isAnswered = false;
       const moved = kv.get("lp", { wait: { version: 1, ms: 60_000 } }).then((r) => ((isAnswered = true), r));
@@ -216,19 +284,19 @@ export function describeStoreConformance(
       await new Promise((resolve) => setTimeout(resolve, 300));
       expect(isAnswered).toBe(false);
       await store.putIfVersion("lp", "v2", 1, undefined);
-      expect(await moved).toEqual({ err: "OK", value: "v2", version: 2 });
+      expect(await moved).toEqual(got("v2", 2));
       // Many waiters on one key are all answered by one write.
       const many = Array.from({ length: 50 }, () => kv.get("lp", { wait: { version: 2, ms: 60_000 } }));
       await new Promise((resolve) => setTimeout(resolve, 100));
       await store.putIfVersion("lp", "v3", 2, undefined);
-      expect(new Set((await Promise.all(many)).map((r) => JSON.stringify(r)))).toEqual(
-        new Set([JSON.stringify({ err: "OK", value: "v3", version: 3 })]),
-      );
+      const answers = await Promise.all(many);
+      expect(answers[0]).toEqual(got("v3", 3));
+      expect(new Set(answers.map((r) => JSON.stringify(r))).size).toBe(1);
       // An aborted wait ends at once with the state then.
       const ac = new AbortController();
       const aborted = kv.get("lp", { wait: { version: 3, ms: 60_000 }, signal: ac.signal });
       ac.abort();
-      expect(await aborted).toEqual({ err: "OK", value: "v3", version: 3 });
+      expect(await aborted).toEqual(got("v3", 3));
     });
 
     it("rejects calls after close with ERR_KV_CLOSED, and may be closed twice", async () => {
@@ -251,16 +319,16 @@ export function describeStoreConformance(
 
       it("records a retry's refusal, so an earlier try of the same put arriving later does not apply", async () => {
         const store = await fresh();
-        expect(await store.putIfVersion("k", "v1", 0, "a")).toEqual({ ok: true, version: 1 });
+        expect(await store.putIfVersion("k", "v1", 0, "a")).toEqual(applied(1));
         // A first try refused needs no record: nothing of it can still be on its way.
         expect(await store.putIfVersion("k", "x", 2, "x-first")).toMatchObject({ ok: false });
         expect(await store.completionRecords?.()).toBe(1);
         // Put x names version 2; its first try is held back, its retry meets the key at 1: ErrVersion, recorded.
         expect(await new KVServer(store).put("k", "x", 2, "x", { isRetry: true })).toEqual({ err: "ErrVersion" });
-        expect(await store.putIfVersion("k", "v2", 1, "b")).toEqual({ ok: true, version: 2 });
+        expect(await store.putIfVersion("k", "v2", 1, "b")).toEqual(applied(2));
         // The held-back first try arrives with the key at 2: the recorded refusal answers it.
         expect(await store.putIfVersion("k", "x", 2, "x")).toEqual({ recorded: { err: "ErrVersion" } });
-        expect(await store.get("k")).toEqual({ value: "v2", version: 2, putId: "b" });
+        expect(await store.get("k")).toEqual(entry("v2", 2, "b"));
         expect(await store.putIfVersion("absent", "y", 3, "y", { isRetry: true })).toEqual({ ok: false, current: undefined });
         expect(await store.putIfVersion("absent", "y", 3, "y")).toEqual({ recorded: { err: "ErrNoKey" } });
       });
@@ -269,11 +337,8 @@ export function describeStoreConformance(
         const store = await fresh();
         const kv = new KVServer(store);
         const tries = await Promise.all([kv.put("race", "v", 0, "r"), kv.put("race", "v", 0, "r", { isRetry: true })]);
-        expect(tries).toEqual([
-          { err: "OK", version: 1 },
-          { err: "OK", version: 1 },
-        ]);
-        expect(await store.get("race")).toEqual({ value: "v", version: 1, putId: "r" });
+        expect(tries).toEqual([answered(1), answered(1)]);
+        expect(await store.get("race")).toEqual(entry("v", 1, "r"));
       });
 
       it("answers a retry from its first try's record when the first try committed while the retry waited and another write followed", async () => {
@@ -282,52 +347,52 @@ export function describeStoreConformance(
         const timings = [() => Promise.resolve(), () => new Promise((r) => setImmediate(r)), () => new Promise((r) => setTimeout(r, 1))];
         for (let i = 0; i < 60; i++) {
           const key = `busy-${i}`;
-          expect(await kv.put(key, "init", 0, undefined)).toEqual({ err: "OK", version: 1 });
+          expect(await kv.put(key, "init", 0, undefined)).toEqual(answered(1));
           const first = store.putIfVersion(key, "mine", 1, `mine-${i}`);
           await timings[i % timings.length]?.(); // the retry in the first try's commit, or in a later one
           const retry = kv.put(key, "mine", 1, `mine-${i}`, { isRetry: true });
           // As soon as the first try is applied, someone else writes over it.
           const next = first.then(() => store.putIfVersion(key, "theirs", 2, `theirs-${i}`));
           // Either try may reach the store first: the other is answered from its record.
-          expect([{ ok: true, version: 2 }, { recorded: { err: "OK", version: 2 } }]).toContainEqual(await first);
-          expect(await retry).toEqual({ err: "OK", version: 2 });
-          expect(await next).toEqual({ ok: true, version: 3 });
-          expect(await kv.put(key, "mine", 1, `mine-${i}`, { isRetry: true })).toEqual({ err: "OK", version: 2 });
+          expect([applied(2), { recorded: answered(2) }]).toContainEqual(await first);
+          expect(await retry).toEqual(answered(2));
+          expect(await next).toEqual(applied(3));
+          expect(await kv.put(key, "mine", 1, `mine-${i}`, { isRetry: true })).toEqual(answered(2));
         }
       });
 
       it("refuses an id recorded for another write with InvalidArgumentError, changing nothing", async () => {
         const store = await fresh();
-        expect(await store.putIfVersion("k", "v", 0, "once")).toEqual({ ok: true, version: 1 });
+        expect(await store.putIfVersion("k", "v", 0, "once")).toEqual(applied(1));
         await expect(store.putIfVersion("k", "w", 1, "once")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
         await expect(store.putIfVersion("other", "w", 0, "once")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
-        expect(await store.get("k")).toEqual({ value: "v", version: 1, putId: "once" });
+        expect(await store.get("k")).toEqual(entry("v", 1, "once"));
         expect(await store.get("other")).toBeUndefined();
       });
 
       it("keeps records for the retention, then evaluates a retry as new; the count returns to zero", async () => {
         const store = await fresh({ retentionMs });
         const kv = new KVServer(store);
-        expect(await kv.put("k", "v1", 0, "first")).toEqual({ err: "OK", version: 1 });
-        expect(await kv.put("k", "v2", 1, "second")).toEqual({ err: "OK", version: 2 });
-        expect(await kv.put("k", "v1", 0, "first", { isRetry: true })).toEqual({ err: "OK", version: 1 }); // recorded
+        expect(await kv.put("k", "v1", 0, "first")).toEqual(answered(1));
+        expect(await kv.put("k", "v2", 1, "second")).toEqual(answered(2));
+        expect(await kv.put("k", "v1", 0, "first", { isRetry: true })).toEqual(answered(1)); // recorded
         expect(await store.completionRecords?.()).toBe(2);
         const recordedAt = Date.now();
         await untilNoRecords(store);
         expect(Date.now() - recordedAt).toBeGreaterThanOrEqual(retentionMs * 0.9); // never dropped early (timers may fire a little early)
         expect(await kv.put("k", "v1", 0, "first", { isRetry: true })).toEqual({ err: "ErrVersion" }); // new, and refused
-        expect(await kv.get("k")).toEqual({ err: "OK", value: "v2", version: 2 });
+        expect(await kv.get("k")).toEqual(got("v2", 2));
       });
 
       it("refuses a write that needs a record past maxIds (StoreUnavailableError, nothing changed) until records expire", async () => {
         const store = await fresh({ retentionMs, maxIds: 3 });
-        for (const id of ["r1", "r2", "r3"]) expect(await store.putIfVersion(id, "v", 0, id)).toEqual({ ok: true, version: 1 });
+        for (const id of ["r1", "r2", "r3"]) expect(await store.putIfVersion(id, "v", 0, id)).toEqual(applied(1));
         await expect(store.putIfVersion("r4", "v", 0, "r4")).rejects.toMatchObject({ code: "ERR_KV_UNAVAILABLE" });
         expect(await store.get("r4")).toBeUndefined();
-        expect(await store.putIfVersion("r1", "v", 0, "r1", { isRetry: true })).toEqual({ recorded: { err: "OK", version: 1 } });
-        expect(await store.putIfVersion("free", "v", 0, undefined)).toEqual({ ok: true, version: 1 }); // no id, no record
+        expect(await store.putIfVersion("r1", "v", 0, "r1", { isRetry: true })).toEqual({ recorded: answered(1) });
+        expect(await store.putIfVersion("free", "v", 0, undefined)).toEqual(applied(1)); // no id, no record
         await untilNoRecords(store);
-        expect(await store.putIfVersion("r4", "v", 0, "r4")).toEqual({ ok: true, version: 1 });
+        expect(await store.putIfVersion("r4", "v", 0, "r4")).toEqual(applied(1));
       });
     });
 
@@ -341,12 +406,12 @@ export function describeStoreConformance(
         await store.close();
         const again = await reopen(store);
         opened.push(again);
-        for (const [i, k] of keys.entries()) expect(await again.get(k)).toEqual({ value: `second ${k}`, version: 2, putId: `p2-${i}` });
-        expect(await again.putIfVersion(keys[0] as string, "third", 2, undefined)).toEqual({ ok: true, version: 3 });
+        for (const [i, k] of keys.entries()) expect(await again.get(k)).toEqual(entry(`second ${k}`, 2, `p2-${i}`));
+        expect(await again.putIfVersion(keys[0] as string, "third", 2, undefined)).toEqual(applied(3));
         if (again.completionRecords !== undefined) {
           // The records of acknowledged puts are as durable as the puts.
           expect(await again.putIfVersion(keys[1] as string, `first ${keys[1]}`, 0, "p1-1", { isRetry: true })).toEqual({
-            recorded: { err: "OK", version: 1 },
+            recorded: answered(1),
           });
         }
       });

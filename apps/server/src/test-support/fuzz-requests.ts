@@ -65,7 +65,14 @@ export const long = (unit: string, times: number) => new Long(`${JSON.stringify(
 export interface Entry {
   value: string;
   version: number;
+  modRevision: number;
+  createRevision: number;
   putId?: string;
+}
+/** The keys, and the store revision: one per write applied. */
+export interface Model {
+  entries: Map<string, Entry>;
+  revision: number;
 }
 export interface PutBody {
   value: string;
@@ -73,7 +80,7 @@ export interface PutBody {
   id?: string;
   retry?: boolean;
 }
-export type PutReply = { err: "OK"; version: number } | { err: "ErrNoKey" } | { err: "ErrVersion" };
+export type PutReply = { err: "OK"; version: number; revision: number } | { err: "ErrNoKey" } | { err: "ErrVersion" };
 /** The completion records the model keeps: id → the write it was decided for, and the decision. */
 export type Records = Map<string, { key: string; version: number; reply: PutReply }>;
 
@@ -85,7 +92,7 @@ export function recordedReply(records: Records, key: string, { version, id }: Pu
 }
 
 /** Applies one accepted put to `model` and `records` as contract §2 says, and returns the reply it must get. */
-export function modelPut(model: Map<string, Entry>, records: Records, key: string, put: PutBody): PutReply {
+export function modelPut(model: Model, records: Records, key: string, put: PutBody): PutReply {
   const recorded = recordedReply(records, key, put);
   if (recorded === "reused") throw new Error(`the model refuses a put whose id ${put.id} was used for another write`);
   if (recorded !== undefined) return recorded;
@@ -94,15 +101,19 @@ export function modelPut(model: Map<string, Entry>, records: Records, key: strin
   return reply;
 }
 
-function tablePut(model: Map<string, Entry>, key: string, { value, version, id }: PutBody): PutReply {
-  const current = model.get(key);
+function tablePut(model: Model, key: string, { value, version, id }: PutBody): PutReply {
+  const current = model.entries.get(key);
   if ((current?.version ?? 0) === version) {
-    model.set(key, id === undefined ? { value, version: version + 1 } : { value, version: version + 1, putId: id });
-    return { err: "OK", version: version + 1 };
+    const revision = ++model.revision;
+    const made = { value, version: version + 1, modRevision: revision, createRevision: current?.createRevision ?? revision };
+    model.entries.set(key, id === undefined ? made : { ...made, putId: id });
+    return { err: "OK", version: version + 1, revision };
   }
   if (current === undefined) return { err: "ErrNoKey" };
   // A retry of the put that made the current version: answered OK, nothing changes.
-  if (id !== undefined && current.putId === id && current.version === version + 1) return { err: "OK", version: current.version };
+  if (id !== undefined && current.putId === id && current.version === version + 1) {
+    return { err: "OK", version: current.version, revision: current.modRevision };
+  }
   return { err: "ErrVersion" };
 }
 
