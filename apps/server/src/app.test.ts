@@ -1,6 +1,7 @@
 import { kvPath, MAX_VERSION } from "@kv/rpc";
 import {
   MemoryStore,
+  type DeleteIfVersionResult,
   type PutIfVersionResult,
   type PutOptions,
   type Store,
@@ -11,9 +12,9 @@ import {
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { type Reply, startTestServer, type TestServer } from "./test-support/testing";
 
-/** A MemoryStore that lists every putIfVersion call made to it, whatever its outcome. */
+/** A MemoryStore that lists every write call made to it (putIfVersion, deleteIfVersion), whatever its outcome. */
 class RecordingStore implements Store {
-  /** Each call's key, expected version and id, in order; values are left out (some are 1 MiB). */
+  /** Each call's key, expected version (-1: a delete without one) and id, in order; values are left out (some are 1 MiB). */
   readonly puts: Array<{ key: string; expectedVersion: number; putId: string | undefined }> = [];
   readonly #memory = new MemoryStore();
 
@@ -30,6 +31,16 @@ class RecordingStore implements Store {
   ): Promise<PutIfVersionResult> {
     this.puts.push({ key, expectedVersion, putId });
     return this.#memory.putIfVersion(key, value, expectedVersion, putId, options);
+  }
+
+  deleteIfVersion(
+    key: string,
+    expectedVersion: number | undefined,
+    id: string | undefined,
+    options?: PutOptions,
+  ): Promise<DeleteIfVersionResult> {
+    this.puts.push({ key, expectedVersion: expectedVersion ?? -1, putId: id });
+    return this.#memory.deleteIfVersion(key, expectedVersion, id, options);
   }
 
   close(): Promise<void> {
@@ -52,6 +63,36 @@ async function withoutPuts(request: () => Promise<Reply>): Promise<Reply> {
   expect(recorder.puts.slice(before), "putIfVersion calls").toEqual([]);
   return reply;
 }
+
+describe("DELETE /v1/kv/:key (contract §2 and §4)", () => {
+  it("deletes a key, at its version or whatever it is at, answering the revision; 404 when absent, 409 at another version", async () => {
+    const created = (await kv.put("del-row", { value: "v", version: 0 })).body.revision as number;
+    expect(await kv.request("DELETE", "/v1/kv/del-row?version=2")).toMatchObject({ status: 409, body: { err: "ErrVersion" } });
+    const deleted = await kv.request("DELETE", "/v1/kv/del-row?version=1");
+    expect(deleted).toMatchObject({ status: 200, body: { err: "OK", revision: expect.any(Number) } });
+    expect(Object.keys(deleted.body)).toEqual(["err", "revision"]);
+    expect(deleted.body.revision).toBeGreaterThan(created);
+    expect(await kv.get("del-row")).toMatchObject({ status: 404, body: { err: "ErrNoKey" } });
+    expect(await kv.request("DELETE", "/v1/kv/del-row")).toMatchObject({ status: 404, body: { err: "ErrNoKey" } });
+    expect(await kv.put("del-row", { value: "again", version: 0 })).toMatchObject({ status: 200, body: { version: 1 } });
+    expect(await kv.request("DELETE", "/v1/kv/del-row")).toMatchObject({ status: 200, body: { err: "OK" } });
+  });
+
+  it("answers a retried delete from its completion record, even after the key was created again", async () => {
+    await kv.put("del-id", { value: "v", version: 0 });
+    const first = await kv.request("DELETE", "/v1/kv/del-id?version=1&id=del-1");
+    expect(first).toMatchObject({ status: 200, body: { err: "OK" } });
+    await kv.put("del-id", { value: "again", version: 0 });
+    expect(await kv.request("DELETE", "/v1/kv/del-id?version=1&id=del-1&retry=true")).toMatchObject({ status: 200, body: first.body });
+    expect(await kv.get("del-id")).toMatchObject({ status: 200, body: { value: "again" } });
+    expect(await kv.request("DELETE", "/v1/kv/del-id?version=2&id=del-1")).toMatchObject({ status: 400, body: { err: "ErrBadRequest" } });
+  });
+
+  it("says which methods a key has", async () => {
+    const reply = await kv.request("PATCH", "/v1/kv/k");
+    expect(reply).toMatchObject({ status: 405, headers: { allow: "GET, HEAD, PUT, DELETE" } });
+  });
+});
 
 describe("GET and PUT /v1/kv/:key (contract §2 over HTTP)", () => {
   it("answers 404 ErrNoKey for a key never written", async () => {
@@ -223,7 +264,15 @@ describe("bad input is refused with the contract's reply and changes nothing", (
     ],
     ["malformed percent-encoding", "PUT", "/v1/kv/%zz", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
     ["truncated UTF-8 in the key", "PUT", "/v1/kv/%E2%82", { value: "x", version: 0 }, {}, 400, "ErrBadRequest"],
-    ["a DELETE", "DELETE", "/v1/kv/guarded", undefined, {}, 405, "ErrMethodNotAllowed"],
+    ["a DELETE at a version as a word", "DELETE", "/v1/kv/guarded?version=one", undefined, {}, 400, "ErrBadRequest"],
+    ["a DELETE at a negative version", "DELETE", "/v1/kv/guarded?version=-1", undefined, {}, 400, "ErrBadRequest"],
+    ["a DELETE at a version of 2^53", "DELETE", "/v1/kv/guarded?version=9007199254740992", undefined, {}, 400, "ErrBadRequest"],
+    ["a DELETE with an unknown query parameter", "DELETE", "/v1/kv/guarded?force=1", undefined, {}, 400, "ErrBadRequest"],
+    ["a DELETE with an empty id", "DELETE", "/v1/kv/guarded?id=", undefined, {}, 400, "ErrBadRequest"],
+    ["a DELETE with an id of 65 characters", "DELETE", `/v1/kv/guarded?id=${"x".repeat(65)}`, undefined, {}, 400, "ErrBadRequest"],
+    ["a DELETE with retry=yes", "DELETE", "/v1/kv/guarded?retry=yes", undefined, {}, 400, "ErrBadRequest"],
+    ["a DELETE without a key", "DELETE", "/v1/kv/", undefined, {}, 400, "ErrBadRequest"],
+    ["a PATCH", "PATCH", "/v1/kv/guarded", undefined, {}, 405, "ErrMethodNotAllowed"],
     ["a POST", "POST", "/v1/kv/guarded", { value: "x", version: 1 }, {}, 405, "ErrMethodNotAllowed"],
     ["an OPTIONS", "OPTIONS", "/v1/kv/guarded", undefined, {}, 405, "ErrMethodNotAllowed"],
     ["an empty key on GET", "GET", "/v1/kv/", undefined, {}, 400, "ErrBadRequest"],
@@ -413,7 +462,7 @@ describe("service routes", () => {
     expect(status).toBe(200);
     expect(body.openapi).toMatch(/^3\./);
     const route = body.paths["/v1/kv/{key}"];
-    expect(Object.keys(route).sort()).toEqual(["get", "put"]);
+    expect(Object.keys(route).sort()).toEqual(["delete", "get", "put"]);
     const schema = route.put.requestBody.content["application/json"].schema;
     expect(schema.required).toEqual(["value", "version"]);
     expect(schema.additionalProperties).toBe(false);
@@ -427,6 +476,7 @@ describe("when the store cannot serve", () => {
     return {
       get: () => Promise.reject(new StoreUnavailableError("no quorum")),
       putIfVersion: () => Promise.reject(putError),
+      deleteIfVersion: () => Promise.reject(putError),
       isReady: async () => false,
       close: async () => {},
     };

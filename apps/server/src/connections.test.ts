@@ -365,6 +365,7 @@ describe("shutdown", () => {
     const unclosedStore: Store = {
       get: (key) => store.get(key),
       putIfVersion: (...args) => store.putIfVersion(...args),
+      deleteIfVersion: (...args) => store.deleteIfVersion(...args),
       close: async () => {},
     };
     const kv = await startServer("HTTP", { KV_HEADERS_TIMEOUT_MS: "60000", KV_REQUEST_TIMEOUT_MS: "60000" }, unclosedStore);

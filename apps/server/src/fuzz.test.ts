@@ -20,6 +20,7 @@ import {
   type Model,
   type PutBody,
   modelPut,
+  modelDelete,
   recordedReply,
   type Records,
   keyOf,
@@ -80,6 +81,7 @@ async function runOps(ops: Op[]): Promise<void> {
     const model: Model = { entries: new Map(), revision: 0 };
     const records: Records = new Map();
     const touched = new Set<string>();
+    const accepted = new Set<string>(); // keys of the writes the model accepted
     for (const op of ops) {
       const target = keyOf(op.path);
       const key = typeof target === "object" ? target.key : undefined;
@@ -144,9 +146,22 @@ async function runOps(ops: Op[]): Promise<void> {
         expect(key !== undefined && isValidKey(key), `a valid key in ${what}`).toBe(true);
         const entry = model.entries.get(key as string);
         expect(reply.body, `reply to ${what}`).toEqual(getReply(entry));
+      } else if (op.method === "DELETE" && isContractOutcome(reply)) {
+        expect(key !== undefined && isValidKey(key), `a valid key in ${what}`).toBe(true);
+        const query = new URLSearchParams(target !== "bad" ? target?.query.replace(/^[?#]/, "") : "");
+        const version = query.get("version");
+        const id = query.get("id") ?? undefined;
+        const expected = modelDelete(model, records, key as string, {
+          version: version === null ? -1 : Number(version),
+          ...(id !== undefined && { id }),
+          retry: query.get("retry") === "true",
+        });
+        expect(reply.body, `reply to ${what}`).toEqual(expected);
+        if (expected.err === "OK") wrote = [key as string];
       }
-      // Only an accepted put that the model says changes the key may write, and only that key.
+      // Only an accepted write that the model says changes the key may write, and only that key.
       expect(store.writes.slice(writesBefore), `store writes after ${what}`).toEqual(wrote);
+      for (const k of wrote) accepted.add(k);
     }
 
     for (const key of touched) {
@@ -160,7 +175,7 @@ async function runOps(ops: Op[]): Promise<void> {
       expect(await store.get(key), `the store's entry for ${JSON.stringify(key)}`).toEqual(entry);
     }
     expect(
-      store.writes.filter((k) => !model.entries.has(k)),
+      store.writes.filter((k) => !accepted.has(k)),
       "keys written that the model never accepted",
     ).toEqual([]);
     expect((await send(kv, { method: "GET", path: "/healthz", headers: {}, body: undefined }))?.status).toBe(200);

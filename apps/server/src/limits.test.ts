@@ -85,6 +85,7 @@ describe("bad bytes pipelined after a request", () => {
       {
         get: (key) => store.get(key),
         putIfVersion: async (...args) => (await sleep(200), store.putIfVersion(...args)), // still working when the bad bytes come
+        deleteIfVersion: (...args) => store.deleteIfVersion(...args),
         close: () => store.close(),
       },
     );

@@ -1,4 +1,4 @@
-import type { PutIfVersionResult, Store, StoredEntry } from "@kv/server";
+import type { DeleteIfVersionResult, PutIfVersionResult, Store, StoredEntry } from "@kv/server";
 import type { FastifyInstance } from "fastify";
 import fp from "fastify-plugin";
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
@@ -93,7 +93,7 @@ export class Metrics {
 /**
  * `store`, with each call timed into `kv_store_operation_duration_seconds` under `kind`. Outcomes:
  * `found`/`absent` for get, `applied`/`refused`/`recorded` (answered from a completion record) for
- * putIfVersion, and `error`. Adds `kv_completion_records` for a store that keeps them.
+ * putIfVersion and deleteIfVersion, and `error`. Adds `kv_completion_records` for a store that keeps them.
  */
 export function measureStore(store: Store, kind: string, metrics: Metrics): Store {
   const time = async <T>(operation: string, call: () => Promise<T>, outcomeOf: (result: T) => string): Promise<T> => {
@@ -119,6 +119,12 @@ export function measureStore(store: Store, kind: string, metrics: Metrics): Stor
         "putIfVersion",
         () => store.putIfVersion(key, value, expectedVersion, putId, options),
         (r: PutIfVersionResult) => (r.ok === undefined ? "recorded" : r.ok ? "applied" : "refused"),
+      ),
+    deleteIfVersion: (key, expectedVersion, id, options) =>
+      time(
+        "deleteIfVersion",
+        () => store.deleteIfVersion(key, expectedVersion, id, options),
+        (r: DeleteIfVersionResult) => (r.ok === undefined ? "recorded" : r.ok ? "applied" : "refused"),
       ),
     close: () => store.close(),
   };

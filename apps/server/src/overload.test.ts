@@ -25,6 +25,9 @@ class SlowStore implements Store {
     await sleep(this.delayMs);
     return this.#memory.putIfVersion(key, value, expectedVersion, putId, options);
   }
+  deleteIfVersion(key: string, expectedVersion: number | undefined, id: string | undefined, options?: PutOptions) {
+    return this.#memory.deleteIfVersion(key, expectedVersion, id, options);
+  }
   close(): Promise<void> {
     return this.#memory.close();
   }

@@ -71,7 +71,12 @@ async function errMaybeRate(keys: "own" | "shared", useIds: boolean): Promise<{ 
     const net = new SimNetwork(new KVServer(new MemoryStore()), { seed, replyLoss: 0.3 });
     const clerks = Array.from({ length: 10 }, (_, c) => {
       const t = net.transport(c);
-      const stripped: Transport = { get: (k, o) => t.get(k, o), put: (r, o) => t.put({ ...r, id: undefined }, o), close: () => t.close() };
+      const stripped: Transport = {
+        get: (k, o) => t.get(k, o),
+        put: (r, o) => t.put({ ...r, id: undefined }, o),
+        delete: (r, o) => t.delete({ ...r, id: undefined }, o),
+        close: () => t.close(),
+      };
       return new Clerk(useIds ? t : stripped, { clock: net, attemptTimeoutMs: 100 });
     });
     // One writer per key puts versions 0, 1, 2, … in turn; the shared key gets the usual mix.

@@ -118,6 +118,43 @@ describe("Clerk.put outcomes (contract §3)", () => {
     });
   });
 
+  it("deletes: answers OK from the delete's completion record when its reply was lost and the key was created again meanwhile", async () => {
+    const { net, clerks } = simulate(5, {}, 2);
+    const [mine, other] = clerks as [Clerk, Clerk];
+    await mine.put("k", "v", 0);
+    net.setFaults({ replyLoss: 1 });
+    const deleted = mine.delete("k", { version: 1 }); // applied; its reply is lost
+    await net.sleep(20);
+    const again = other.put("k", "again", 0); // the key exists again before our retry
+    await net.sleep(20);
+    net.setFaults({ replyLoss: 0 });
+    expect(await deleted).toEqual({ err: "OK", revision: expect.any(Number) });
+    expect(await again).toMatchObject({ err: "OK", version: 1 });
+    expect(await mine.get("k")).toMatchObject({ err: "OK", value: "again", version: 1 });
+    expect(await mine.delete("k", { version: 7 })).toEqual({ err: "ErrVersion" });
+    expect(await mine.delete("k")).toEqual({ err: "OK", revision: expect.any(Number) });
+    expect(await mine.delete("k")).toEqual({ err: "ErrNoKey" });
+    await expect(mine.delete("")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+    await expect(mine.delete("k", { version: -1 })).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+  });
+
+  it("deletes against a server without records: a lost reply then ErrNoKey is ErrMaybe (the lab's rule)", async () => {
+    const kv = new KVServer(new MemoryStore({ retentionMs: 0 }));
+    const withoutRecords: SimServer = {
+      get: (key) => kv.get(key),
+      put: (...args) => kv.put(...args),
+      delete: (...args) => kv.delete(...args),
+    };
+    const net = new SimNetwork(withoutRecords, { seed: 5 });
+    const clerk = new Clerk(net.transport(0), { clock: net, attemptTimeoutMs: 100 });
+    await clerk.put("k", "v", 0);
+    net.setFaults({ replyLoss: 1 });
+    const deleted = clerk.delete("k"); // applied; the retry finds the key gone
+    await net.sleep(20);
+    net.setFaults({ replyLoss: 0 });
+    expect(await deleted).toEqual({ err: "ErrMaybe" });
+  });
+
   it("returns ErrMaybe when a try's reply was lost and a retry meets ErrVersion, against a server without records", async () => {
     const kv = new KVServer(new MemoryStore({ retentionMs: 0 }));
     const withoutRecords: SimServer = { get: (key) => kv.get(key), put: (...args) => kv.put(...args) }; // says nothing of records
@@ -143,6 +180,7 @@ describe("Clerk.put outcomes (contract §3)", () => {
         sent.push(request);
         return failures-- > 0 ? Promise.reject(new NetworkError("lost")) : inner.put(request, options);
       },
+      delete: (request, options) => inner.delete(request, options),
       close: () => inner.close(),
     };
     const clerk = new Clerk(transport, { clock: net, attemptTimeoutMs: 100 });
@@ -238,6 +276,7 @@ describe("Clerk.put outcomes (contract §3)", () => {
       const withoutIds: Transport = {
         get: (k, o) => t.get(k, o),
         put: (r, o) => t.put({ ...r, id: undefined }, o),
+        delete: (r, o) => t.delete({ ...r, id: undefined }, o),
         close: () => t.close(),
       };
       const clerk = new Clerk(withIds ? t : withoutIds, { clock: net, attemptTimeoutMs: 100 });
@@ -272,6 +311,7 @@ describe("Clerk.put outcomes (contract §3)", () => {
     const refusingAWhile: Transport = {
       get: (key, options) => inner.get(key, options),
       put: (request, options) => (refusals++ < 40 ? Promise.reject(new UnavailableError("overloaded")) : inner.put(request, options)),
+      delete: (request, options) => inner.delete(request, options),
       close: () => inner.close(),
     };
     const patient = new Clerk(refusingAWhile, { clock: net, retryLimitMs: 2_000, backoff: { baseMs: 100, maxMs: 200 } });

@@ -7,6 +7,7 @@ import {
   checkVersion,
   checkWait,
   type Clock,
+  type DeleteResult,
   type GetResult,
   hasCode,
   InvalidArgumentError,
@@ -141,6 +142,33 @@ export class Clerk {
     );
     if (result === GAVE_UP) return { err: "ErrMaybe" };
     if (isAmbiguous && result.err === "ErrVersion" && this.#transport.keepsCompletionRecords !== true) return { err: "ErrMaybe" };
+    return result;
+  }
+
+  /**
+   * Removes `key` — with `options.version`, only when it is at that version — and answers the
+   * store revision of the delete; `ErrNoKey` when absent, `ErrVersion` at another version. Retried
+   * as a put (one id on every try, tries after the first marked): the first reply is the answer,
+   * and `ErrMaybe` means no try was answered within `retryLimitMs` — or, against a server without
+   * completion records, that a try went unanswered and a later one met `ErrNoKey` or `ErrVersion`.
+   */
+  async delete(key: string, options: CallOptions & { version?: number } = {}): Promise<DeleteResult> {
+    checkKey(key);
+    if (options.version !== undefined) checkVersion(options.version);
+    const request = { key, version: options.version, id: randomUUID() };
+    const retried = { ...request, retry: true };
+    let tries = 0;
+    let isAmbiguous = false;
+    const result = await this.#retry(
+      options.signal,
+      (call) => this.#transport.delete(tries++ === 0 ? request : retried, call),
+      () => {
+        isAmbiguous = true;
+      },
+      this.#clock.now() + this.#retryLimitMs,
+    );
+    if (result === GAVE_UP) return { err: "ErrMaybe" };
+    if (isAmbiguous && result.err !== "OK" && this.#transport.keepsCompletionRecords !== true) return { err: "ErrMaybe" };
     return result;
   }
 

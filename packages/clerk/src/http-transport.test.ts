@@ -85,6 +85,18 @@ describe("createClerk over HTTP", () => {
     expect(await clerk.put("http-absent", "v", 3)).toEqual({ err: "ErrNoKey" });
   });
 
+  it("deletes against the built server, at a version and not, keys . and .. included", async () => {
+    const clerk = clerkFor([server.url]);
+    for (const key of ["http-del", ".", ".."]) {
+      await clerk.put(key, "v", 0).then(() => clerk.delete(key)); // . and .. exist from the test above
+      expect(await clerk.put(key, "v", 0)).toMatchObject({ err: "OK", version: 1 });
+      expect(await clerk.delete(key, { version: 2 })).toEqual({ err: "ErrVersion" });
+      expect(await clerk.delete(key, { version: 1 })).toEqual({ err: "OK", revision: expect.any(Number) });
+      expect(await clerk.get(key)).toEqual({ err: "ErrNoKey" });
+      expect(await clerk.delete(key)).toEqual({ err: "ErrNoKey" });
+    }
+  });
+
   it("serves many concurrent callers from one clerk", async () => {
     const clerk = clerkFor([server.url]);
     const results = await Promise.all(Array.from({ length: 200 }, (_, i) => clerk.put(`http-many-${i}`, "v", 0)));

@@ -1,4 +1,6 @@
 import {
+  type DeleteRequest,
+  type DeleteResult,
   type GetResult,
   KvError,
   kvPath,
@@ -98,6 +100,21 @@ export class HttpTransport implements Transport {
     throw refusal(reply);
   }
 
+  async delete(request: DeleteRequest, options?: TransportCallOptions): Promise<DeleteResult> {
+    const { key, version, id, retry } = request;
+    const query = new URLSearchParams();
+    if (version !== undefined) query.set("version", String(version));
+    if (id !== undefined) query.set("id", id);
+    if (retry !== undefined) query.set("retry", String(retry));
+    const search = query.size === 0 ? "" : `?${query}`;
+    const reply = await this.#send("DELETE", key, undefined, options, search);
+    const { revision } = reply.body;
+    if (says(reply, "OK") && typeof revision === "number") return { err: "OK", revision };
+    if (says(reply, "ErrNoKey")) return { err: "ErrNoKey" };
+    if (says(reply, "ErrVersion")) return { err: "ErrVersion" };
+    throw refusal(reply);
+  }
+
   /** Closes every pool once the requests in flight are done; idempotent. */
   close(): Promise<void> {
     this.#closed ??= Promise.all(this.#pools.map((p) => p.close())).then(() => undefined);
@@ -105,7 +122,7 @@ export class HttpTransport implements Transport {
   }
 
   async #send(
-    method: "GET" | "PUT",
+    method: "GET" | "PUT" | "DELETE",
     key: string,
     body: string | undefined,
     options: TransportCallOptions | undefined,

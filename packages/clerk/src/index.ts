@@ -6,6 +6,7 @@ export {
   Err,
   type GetResult,
   type PutResult,
+  type DeleteResult,
   type Transport,
   type Clock,
   KvError,

@@ -11,6 +11,7 @@ export type Command =
   | { verb: "help" }
   | { verb: "get"; key: string }
   | { verb: "put"; key: string; value: string; version: number | undefined }
+  | { verb: "del"; key: string; version: number | undefined }
   | { verb: "watch"; key: string; count: number }
   | { verb: "lock"; key: string; ttlMs: number; command: readonly [string, ...string[]] };
 
@@ -30,6 +31,7 @@ const COMMON = ["endpoints", "token", "json", "timeout", "help"];
 const OPTIONS_OF: Record<string, readonly string[]> = {
   get: COMMON,
   put: [...COMMON, "version"],
+  del: [...COMMON, "version"],
   watch: [...COMMON, "count"],
   lock: [...COMMON, "ttl"],
 };
@@ -75,6 +77,11 @@ export function parseInvocation(argv: readonly string[], env: Record<string, str
       const [key, value] = operands(["key", "value"]) as [string, string];
       const version = values.version === undefined ? undefined : integer("--version", values.version, 0);
       return { ...common, command: { verb, key, value, version } };
+    }
+    case "del": {
+      const [key] = operands(["key"]) as [string];
+      const version = values.version === undefined ? undefined : integer("--version", values.version, 0);
+      return { ...common, command: { verb, key, version } };
     }
     case "watch": {
       const [key] = operands(["key"]) as [string];

@@ -77,6 +77,24 @@ describe("kv get / put", () => {
     expect(await kv(["put", "cli-j", "w", "--version", "0", "--json"])).toEqual({ code: 4, stdout: '{"err":"ErrVersion"}\n', stderr: "" });
   });
 
+  it("deletes with kv del: the revision on stdout, 0; at another version 4; absent 3", async () => {
+    await kv(["put", "cli-del", "v"]);
+    expect(await kv(["del", "cli-del", "--version", "2"])).toEqual({
+      code: 4,
+      stdout: "",
+      stderr: "kv: cli-del: ErrVersion (the key is at another version)\n",
+    });
+    expect(await kv(["del", "cli-del", "--version", "1"])).toEqual({ code: 0, stdout: expect.stringMatching(/^\d+\n$/), stderr: "" });
+    expect(await kv(["del", "cli-del"])).toEqual({ code: 3, stdout: "", stderr: "kv: cli-del: ErrNoKey (no such key)\n" });
+    await kv(["put", "cli-del", "v"]);
+    expect(await kv(["del", "cli-del", "--json"])).toEqual({
+      code: 0,
+      stdout: expect.stringMatching(/^\{"err":"OK","revision":\d+\}\n$/),
+      stderr: "",
+    });
+    expect(await kv(["del"])).toMatchObject({ code: 2 });
+  });
+
   it("takes a value that starts with a dash after --, options before the command, and lets a flag win over its variable", async () => {
     expect(await kv(["put", "cli-dash", "--", "-5"])).toMatchObject({ code: 0 });
     expect(

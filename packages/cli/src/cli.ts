@@ -1,4 +1,4 @@
-import { type Clerk, createClerk, type GetResult, type PutResult } from "@kv/clerk";
+import { type Clerk, createClerk, type DeleteResult, type GetResult, type PutResult } from "@kv/clerk";
 import { type Invocation, parseInvocation, UsageError } from "./args";
 import { CANNOT_RUN, exitCodeOfSignal, LEASE_LOST, runLocked } from "./lock-command";
 
@@ -31,6 +31,7 @@ export interface CliContext {
 const USAGE = `Usage:
   kv get <key>                              print the key's value
   kv put <key> <value> [--version <n>]      write it: at version n only, or over whatever is there
+  kv del <key> [--version <n>]              delete it: at version n only, or whatever version it is at
   kv watch <key> [--count <n>]              print the value now and after every change
   kv lock <key> [--ttl 15s] -- <command…>   run the command while holding the lock
 
@@ -96,6 +97,8 @@ async function run(clerk: Clerk, { command, timeoutMs }: Invocation, out: Output
     }
     case "put":
       return put(clerk, command.key, command.value, command.version, timeoutMs, out, context.signal);
+    case "del":
+      return del(clerk, command.key, command.version, timeoutMs, out, context.signal);
     case "watch":
       return watch(clerk, command.key, command.count, timeoutMs, out, context.signal);
     case "lock": {
@@ -138,6 +141,27 @@ async function put(
       out.note(`${key}: ${stop?.aborted ? "interrupted" : "no answer in time"}; the put may or may not have been applied`);
       if (stop?.aborted) return exitCodeOfSignal(stop.reason);
       return out.put(key, { err: "ErrMaybe" }, true);
+    }
+    throw err;
+  }
+}
+
+async function del(
+  clerk: Clerk,
+  key: string,
+  version: number | undefined,
+  timeoutMs: number,
+  out: Output,
+  stop: AbortSignal | undefined,
+): Promise<number> {
+  try {
+    const r = await withDeadline(timeoutMs, stop, (signal) => clerk.delete(key, { signal, ...(version !== undefined && { version }) }));
+    return out.deleted(key, r);
+  } catch (err) {
+    if (err instanceof NoAnswerError || stop?.aborted) {
+      out.note(`${key}: ${stop?.aborted ? "interrupted" : "no answer in time"}; the delete may or may not have been applied`);
+      if (stop?.aborted) return exitCodeOfSignal(stop.reason);
+      return out.deleted(key, { err: "ErrMaybe" }, true);
     }
     throw err;
   }
@@ -212,6 +236,17 @@ class Output {
           this.note(`${key}: ErrMaybe (no reply came, and the key has moved on: the put may or may not have been applied)`);
         return ExitCode.ErrMaybe;
     }
+  }
+
+  /** A delete's outcome: the revision it made on stdout; as a put's otherwise. */
+  deleted(key: string, r: DeleteResult, isExplained = false): number {
+    if (r.err === "ErrMaybe" && !this.#json && !isExplained) {
+      this.note(`${key}: ErrMaybe (no reply came: the delete may or may not have been applied)`);
+      isExplained = true;
+    }
+    if (r.err !== "OK") return this.put(key, r, isExplained);
+    this.#context.stdout(this.#json ? `${JSON.stringify(r)}\n` : `${r.revision}\n`);
+    return ExitCode.OK;
   }
 
   /** A real failure: on stderr, and with --json also on stdout as `{"err":"Error","code","message"}`. */

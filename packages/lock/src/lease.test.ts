@@ -228,6 +228,7 @@ describe("Lock with a lease (ttlMs) over the simulated network", () => {
         request.value === UNLOCKED && request.version > 0
           ? Promise.reject(new KvError("ERR_KV_UNAUTHORIZED", "token revoked"))
           : inner.put(request, options),
+      delete: (request, options) => inner.delete(request, options),
       close: () => inner.close(),
     };
     const lock = createLock(new Clerk(refusesUnlocking, { clock: net }), "lock", { clock: net, ttlMs: TTL_MS });

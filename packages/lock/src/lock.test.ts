@@ -328,6 +328,7 @@ describe("Lock when its key is lost or its clerk fails", () => {
       get: (key, options) => inner.get(key, options),
       put: (request, options) =>
         isRefusing ? Promise.reject(new KvError("ERR_KV_UNAUTHORIZED", "token revoked")) : inner.put(request, options),
+      delete: (request, options) => inner.delete(request, options),
       close: () => inner.close(),
     };
     const lock = createLock(new Clerk(transport, { clock: net }), "lock", { clock: net });

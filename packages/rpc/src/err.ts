@@ -22,6 +22,12 @@ export type GetResult = { err: "OK"; value: string; version: number; modRevision
  */
 export type PutResult = { err: "OK"; version: number; revision: number } | { err: "ErrVersion" | "ErrNoKey" | "ErrMaybe" };
 
+/**
+ * `delete`: the store revision the delete made; `ErrNoKey` (absent); `ErrVersion` (present at
+ * another version than the one named); or — from a clerk only — `ErrMaybe`, as for a put.
+ */
+export type DeleteResult = { err: "OK"; revision: number } | { err: "ErrVersion" | "ErrNoKey" | "ErrMaybe" };
+
 /** The largest version a key can have; a put is refused before it would pass it. */
 export const MAX_VERSION = Number.MAX_SAFE_INTEGER;
 

@@ -32,6 +32,27 @@ export const KeyParams = Type.Object({ key: Type.String({ description: "the key,
 // Query parameters arrive as text, and the protocol does not coerce: digits only, checked again as numbers.
 const digits = (description: string) => Type.String({ pattern: "^(0|[1-9][0-9]{0,15})$", description });
 
+/** `DELETE /v1/kv/:key` query: all optional. */
+export const DeleteQuery = Type.Object(
+  {
+    version: Type.Optional(digits("delete only when the key is at this version")),
+    id: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: MAX_PUT_ID_LENGTH,
+        description: "fresh for each delete, the same on its retries: lets the server recognise a retry",
+      }),
+    ),
+    retry: Type.Optional(
+      Type.Union([Type.Literal("true"), Type.Literal("false")], {
+        description: "true on every try after the first: a refusal of it is recorded, so no earlier try applies later",
+      }),
+    ),
+  },
+  closed,
+);
+export type DeleteQuery = Static<typeof DeleteQuery>;
+
 /**
  * `GET /v1/kv/:key` query: both or neither of `waitVersion` and `waitMs` — a long-poll that is
  * answered once the key's version differs from `waitVersion` (0: once it exists), or after
@@ -62,6 +83,7 @@ export const PutOkReply = Type.Object(
   { err: Type.Literal("OK"), version: version("the key's new version"), revision: revision("the store revision this put made") },
   closed,
 );
+export const DeleteOkReply = Type.Object({ err: Type.Literal("OK"), revision: revision("the store revision this delete made") }, closed);
 export const NoKeyReply = Type.Object({ err: Type.Literal("ErrNoKey") }, closed);
 export const VersionReply = Type.Object({ err: Type.Literal("ErrVersion") }, closed);
 

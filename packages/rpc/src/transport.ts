@@ -1,4 +1,4 @@
-import type { GetResult, PutResult } from "./err";
+import type { DeleteResult, GetResult, PutResult } from "./err";
 
 export interface PutRequest {
   key: string;
@@ -7,6 +7,16 @@ export interface PutRequest {
   /** The put id (contract §2): the same on every retry of one put. */
   id?: string;
   /** A try after the first of the same put (contract §2). */
+  retry?: boolean;
+}
+
+export interface DeleteRequest {
+  key: string;
+  /** Delete only at this version; absent: whatever version the key is at. */
+  version?: number | undefined;
+  /** The delete's id (contract §2): the same on every retry of one delete. */
+  id?: string;
+  /** A try after the first of the same delete. */
   retry?: boolean;
 }
 
@@ -41,6 +51,8 @@ export interface Transport {
    * reply came, so the put may or may not have been applied.
    */
   put(request: PutRequest, options?: TransportCallOptions): Promise<PutResult>;
+  /** The server's answer (`OK`, `ErrNoKey` or `ErrVersion`); rejects `NetworkError` when no reply came. */
+  delete(request: DeleteRequest, options?: TransportCallOptions): Promise<DeleteResult>;
   /** Ends the transport's connections; idempotent. */
   close(): Promise<void>;
 }

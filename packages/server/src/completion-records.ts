@@ -4,16 +4,26 @@ import { StoreUnavailableError, type StoredEntry } from "./store";
 /** A put's one decision (contract §2): what every try of it is answered. */
 export type PutDecision = { err: "OK"; version: number; revision: number } | { err: "ErrVersion" | "ErrNoKey" };
 
+/** A delete's one decision. */
+export type DeleteDecision = { err: "OK"; revision: number } | { err: "ErrVersion" | "ErrNoKey" };
+
+/** The version an unconditional delete names in its record. */
+export const ANY_VERSION = -1;
+
 /** A write's completion record: what was decided for its id, and for which write. */
-export interface CompletionRecord {
-  readonly kind: "put";
+export type CompletionRecord = (
+  | { readonly kind: "put"; readonly decision: PutDecision }
+  | { readonly kind: "delete"; readonly decision: DeleteDecision }
+) & {
   readonly key: string;
-  /** The version the write named. */
+  /** The version the write named ({@link ANY_VERSION}: an unconditional delete). */
   readonly version: number;
-  readonly decision: PutDecision;
   /** When it was recorded, on the store's clock (ms since the epoch). */
   readonly at: number;
-}
+};
+
+/** A record as a store makes it; the store adds when. */
+export type NewCompletionRecord = CompletionRecord extends infer R ? (R extends unknown ? Omit<R, "at"> : never) : never;
 
 /** How long completion records are kept, how many at most, and the clock they are kept by. */
 export interface CompletionRecordOptions {
@@ -56,11 +66,21 @@ export function refusalOf(current: StoredEntry | undefined, expectedVersion: num
  * (400) when the id was recorded for another write: ids are never reused.
  */
 export function replayOf(record: CompletionRecord, key: string, expectedVersion: number, putId: string): PutDecision {
-  if (record.kind !== "put" || record.key !== key || record.version !== expectedVersion) {
-    throw new InvalidArgumentError(`id ${JSON.stringify(putId)} was used for another write: ids are never reused`);
-  }
+  if (record.kind !== "put" || record.key !== key || record.version !== expectedVersion) throw reused(putId);
   return record.decision;
 }
+
+/** {@link replayOf} for a delete (`version`: {@link ANY_VERSION} when unconditional). */
+export function replayDeleteOf(record: CompletionRecord, key: string, version: number, id: string): DeleteDecision {
+  if (record.kind !== "delete" || record.key !== key || record.version !== version) throw reused(id);
+  return record.decision;
+}
+
+const reused = (id: string) => new InvalidArgumentError(`id ${JSON.stringify(id)} was used for another write: ids are never reused`);
+
+/** The decision for a delete that found the key absent or at another version than it named. */
+export const deleteRefusalOf = (current: StoredEntry | undefined): DeleteDecision =>
+  current === undefined ? { err: "ErrNoKey" } : { err: "ErrVersion" };
 
 /**
  * Completion records in this process's memory, each kept for the retention and then dropped,
@@ -90,13 +110,13 @@ export class CompletionRecords {
   }
 
   /** Records `decision` for `id`; throws `StoreUnavailableError` when full (call {@link assertRoom} before a write). */
-  add(id: string, key: string, version: number, decision: PutDecision): void {
+  add(id: string, record: NewCompletionRecord): void {
     const now = this.now();
     // Swept now and then, not at each add: a record a little past its retention costs nothing.
     if (now - this.#sweptAt >= SWEEP_INTERVAL_MS) this.sweep();
     this.assertRoom();
     this.#records.delete(id); // an expired one, still held: the new one goes to the back
-    this.#records.set(id, { kind: "put", key, version, decision, at: now });
+    this.#records.set(id, { ...record, at: now } as CompletionRecord);
   }
 
   /** Throws `StoreUnavailableError` unless one more record may be made (after dropping the expired). */

@@ -1,10 +1,11 @@
-export { KVServer, type ServerPutResult } from "./kv-server";
+export { KVServer, type ServerDeleteResult, type ServerPutResult } from "./kv-server";
 export { MemoryStore } from "./memory-store";
 export { KeyWatchers } from "./key-watchers";
 export {
   type Store,
   type StoredEntry,
   type PutIfVersionResult,
+  type DeleteIfVersionResult,
   type PutOptions,
   StoreUnavailableError,
   StoreOutcomeUnknownError,
@@ -15,6 +16,11 @@ export {
   type CompletionRecord,
   type CompletionRecordOptions,
   type PutDecision,
+  type DeleteDecision,
+  type NewCompletionRecord,
+  ANY_VERSION,
+  deleteRefusalOf,
+  replayDeleteOf,
   DEFAULT_ID_RETENTION_MS,
   DEFAULT_MAX_IDS,
   recordsFull,

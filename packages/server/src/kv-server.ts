@@ -1,5 +1,5 @@
 import { checkKey, checkPutId, checkValue, checkVersion, checkWait, type GetResult, MAX_VERSION, type WaitOptions } from "@kv/rpc";
-import { refusalOf } from "./completion-records";
+import { deleteRefusalOf, refusalOf } from "./completion-records";
 import type { Store } from "./store";
 
 // A store that cannot say when a key changes is read again this often while someone waits.
@@ -7,6 +7,9 @@ const POLL_INTERVAL_MS = 50;
 
 /** A put's answer from the server itself: never `ErrMaybe`, which only a clerk can conclude. */
 export type ServerPutResult = { err: "OK"; version: number; revision: number } | { err: "ErrVersion" | "ErrNoKey" };
+
+/** A delete's answer from the server itself. */
+export type ServerDeleteResult = { err: "OK"; revision: number } | { err: "ErrVersion" | "ErrNoKey" };
 
 /**
  * The versioned key/value service of contract §2 over a {@link Store}. It keeps no state of its
@@ -119,5 +122,21 @@ export class KVServer {
     if ("recorded" in r) return r.recorded;
     if (r.ok) return { err: "OK", version: r.version, revision: r.revision };
     return refusalOf(r.current, version, id);
+  }
+
+  /**
+   * Removes the key — given `version`, only when it is at that version — and answers the store
+   * revision of the delete; otherwise `ErrNoKey` (absent) or `ErrVersion`. An `id` makes it
+   * decided once, as a put's. Rejects `InvalidArgumentError` for a bad key, version or id, or
+   * an id recorded for another write.
+   */
+  async delete(key: string, version?: number, id?: string, options: { isRetry?: boolean } = {}): Promise<ServerDeleteResult> {
+    checkKey(key);
+    if (version !== undefined) checkVersion(version);
+    if (id !== undefined) checkPutId(id);
+    const r = await this.#store.deleteIfVersion(key, version, id, options);
+    if ("recorded" in r) return r.recorded;
+    if (r.ok) return { err: "OK", revision: r.revision };
+    return deleteRefusalOf(r.current);
   }
 }

@@ -1,7 +1,15 @@
 import { KvError } from "@kv/rpc";
-import { type CompletionRecordOptions, CompletionRecords, refusalOf, replayOf } from "./completion-records";
+import {
+  ANY_VERSION,
+  type CompletionRecordOptions,
+  CompletionRecords,
+  deleteRefusalOf,
+  refusalOf,
+  replayDeleteOf,
+  replayOf,
+} from "./completion-records";
 import { KeyWatchers } from "./key-watchers";
-import type { PutIfVersionResult, PutOptions, Store, StoredEntry } from "./store";
+import type { DeleteIfVersionResult, PutIfVersionResult, PutOptions, Store, StoredEntry } from "./store";
 
 /**
  * A `Store` in this process's memory: fast, and lost when the process ends. Each call runs to
@@ -41,7 +49,7 @@ export class MemoryStore implements Store {
     const current = this.#entries.get(key);
     if ((current?.version ?? 0) !== expectedVersion) {
       if (putId !== undefined && options.isRetry === true && this.#records.recordRefusals) {
-        this.#records.add(putId, key, expectedVersion, refusalOf(current, expectedVersion, putId));
+        this.#records.add(putId, { kind: "put", key, version: expectedVersion, decision: refusalOf(current, expectedVersion, putId) });
       }
       return { ok: false, current };
     }
@@ -51,9 +59,37 @@ export class MemoryStore implements Store {
     const createRevision = current?.createRevision ?? revision;
     const entry = { value, version, modRevision: revision, createRevision };
     this.#entries.set(key, putId === undefined ? entry : { ...entry, putId });
-    if (putId !== undefined) this.#records.add(putId, key, expectedVersion, { err: "OK", version, revision });
+    if (putId !== undefined)
+      this.#records.add(putId, { kind: "put", key, version: expectedVersion, decision: { err: "OK", version, revision } });
     this.#watchers.notify(key);
     return { ok: true, version, revision };
+  }
+
+  async deleteIfVersion(
+    key: string,
+    expectedVersion: number | undefined,
+    deleteId: string | undefined,
+    options: PutOptions = {},
+  ): Promise<DeleteIfVersionResult> {
+    this.#assertOpen();
+    const named = expectedVersion ?? ANY_VERSION;
+    if (deleteId !== undefined) {
+      const record = this.#records.get(deleteId);
+      if (record !== undefined) return { recorded: replayDeleteOf(record, key, named, deleteId) };
+    }
+    const current = this.#entries.get(key);
+    if (current === undefined || (expectedVersion !== undefined && current.version !== expectedVersion)) {
+      if (deleteId !== undefined && options.isRetry === true && this.#records.recordRefusals) {
+        this.#records.add(deleteId, { kind: "delete", key, version: named, decision: deleteRefusalOf(current) });
+      }
+      return { ok: false, current };
+    }
+    if (deleteId !== undefined) this.#records.assertRoom();
+    const revision = ++this.#revision;
+    this.#entries.delete(key);
+    if (deleteId !== undefined) this.#records.add(deleteId, { kind: "delete", key, version: named, decision: { err: "OK", revision } });
+    this.#watchers.notify(key);
+    return { ok: true, revision };
   }
 
   async completionRecords(): Promise<number> {

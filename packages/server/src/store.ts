@@ -1,5 +1,5 @@
 import { KvError } from "@kv/rpc";
-import type { PutDecision } from "./completion-records";
+import type { DeleteDecision, PutDecision } from "./completion-records";
 
 /**
  * What a store keeps per key: the value, its version, the store revisions of the write that made
@@ -23,7 +23,13 @@ export type PutIfVersionResult =
   | { readonly ok: false; readonly current: StoredEntry | undefined }
   | { readonly ok?: undefined; readonly recorded: PutDecision };
 
-/** What a put tells the store besides key, value and version. */
+/** The outcome of {@link Store.deleteIfVersion}, as {@link PutIfVersionResult}'s. */
+export type DeleteIfVersionResult =
+  | { readonly ok: true; readonly revision: number }
+  | { readonly ok: false; readonly current: StoredEntry | undefined }
+  | { readonly ok?: undefined; readonly recorded: DeleteDecision };
+
+/** What a write tells the store besides what it writes. */
 export interface PutOptions {
   /** A try after the first of the same write (contract §2): its refusal is recorded, so no earlier try applies later. */
   readonly isRetry?: boolean | undefined;
@@ -59,6 +65,19 @@ export interface Store {
     putId: string | undefined,
     options?: PutOptions,
   ): Promise<PutIfVersionResult>;
+  /**
+   * Atomically: when the key is present — and, given `expectedVersion`, at that version — remove
+   * it, raise the store revision, and resolve `{ ok: true, revision }`. Otherwise change nothing
+   * and resolve `{ ok: false, current }` with the entry as it was at that moment. A later put at
+   * version 0 creates the key again at version 1. Completion records as for `putIfVersion`, of
+   * kind `delete` (an unconditional delete names `ANY_VERSION`).
+   */
+  deleteIfVersion(
+    key: string,
+    expectedVersion: number | undefined,
+    deleteId: string | undefined,
+    options?: PutOptions,
+  ): Promise<DeleteIfVersionResult>;
   /** How many completion records the store keeps now (on a shared store, every server's); absent on a store that keeps none. */
   completionRecords?(): Promise<number>;
   /**

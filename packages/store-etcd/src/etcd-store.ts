@@ -1,15 +1,20 @@
 import { hasCode, KvError } from "@kv/rpc";
 import {
+  ANY_VERSION,
   type CompletionRecord,
   type CompletionRecordOptions,
   DEFAULT_ID_RETENTION_MS,
   DEFAULT_MAX_IDS,
+  type DeleteDecision,
+  type DeleteIfVersionResult,
+  deleteRefusalOf,
   KeyWatchers,
   type PutDecision,
   recordsFull,
   type PutIfVersionResult,
   type PutOptions,
   refusalOf,
+  replayDeleteOf,
   replayOf,
   type Store,
   type StoredEntry,
@@ -141,17 +146,7 @@ export class EtcdStore implements Store {
   ): Promise<PutIfVersionResult> {
     const encoded = encodeRecord(value, putId);
     if (putId !== undefined && !(await this.#hasRoom())) {
-      // Full: only a try of a write already decided is answered, from its record.
-      const read = await this.#kv
-        .get(recordKeyOf(putId))
-        .options(this.#callOptions())
-        .exec()
-        .catch((err: unknown) => {
-          throw new StoreUnavailableError(`etcd did not answer a read: ${(err as Error).message}`, { cause: err });
-        });
-      const record = decisionOf(read.kvs[0]);
-      if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId) };
-      throw recordsFull(this.#maxIds);
+      return { recorded: replayOf(await this.#recordedWhenFull(putId), key, expectedVersion, putId) };
     }
     let isAmbiguous = false; // a try may have reached etcd, and nobody knows whether it was applied
     let lastError: unknown;
@@ -182,7 +177,7 @@ export class EtcdStore implements Store {
             this.#kv.put(key).value(encoded),
             this.#kv
               .put(recordKey)
-              .value(encodeDecision(key, expectedVersion, applied))
+              .value(encodeDecision("put", key, expectedVersion, applied))
               .lease(await this.#leaseId()),
           )
           .else(this.#kv.get(key), this.#kv.get(recordKey))
@@ -198,7 +193,8 @@ export class EtcdStore implements Store {
         // Refused, with no record: an earlier try of ours may still be on its way (a retry, or a
         // try of this call that reached etcd unanswered). Recording the refusal stops it.
         if ((!isRetry && !isAmbiguous) || !this.#recordRefusals) return { ok: false, current };
-        return await this.#recordRefusal(recordKey, key, expectedVersion, refusalOf(current, expectedVersion, putId), current, putId);
+        const first = await this.#recordRefusal(recordKey, "put", key, expectedVersion, refusalOf(current, expectedVersion, putId));
+        return first === undefined ? { ok: false, current } : { recorded: replayOf(first, key, expectedVersion, putId) };
       } catch (err) {
         lastError = err;
         if (hasCode(err, "ERR_INVALID_ARG_VALUE")) throw err;
@@ -216,21 +212,23 @@ export class EtcdStore implements Store {
     throw new StoreUnavailableError(`etcd did not take a put: ${(lastError as Error).message}`, { cause: lastError });
   }
 
-  /** Records `refusal` for `putId` unless a decision was recorded first (an earlier try applied meanwhile): that one wins. */
+  /**
+   * Records a refusal unless a decision was recorded first (an earlier try applied meanwhile):
+   * answers that one then, which wins; undefined once the refusal is recorded.
+   */
   async #recordRefusal(
     recordKey: Buffer,
+    kind: "put" | "delete",
     key: string,
-    expectedVersion: number,
-    refusal: PutDecision,
-    current: StoredEntry | undefined,
-    putId: string,
-  ): Promise<PutIfVersionResult> {
+    named: number,
+    refusal: PutDecision | DeleteDecision,
+  ): Promise<CompletionRecord | undefined> {
     const res = await this.#kv
       .if(recordKey, "Create", "==", 0)
       .then(
         this.#kv
           .put(recordKey)
-          .value(encodeDecision(key, expectedVersion, refusal))
+          .value(encodeDecision(kind, key, named, refusal))
           .lease(await this.#leaseId()),
       )
       .else(this.#kv.get(recordKey))
@@ -238,11 +236,95 @@ export class EtcdStore implements Store {
       .commit();
     if (res.succeeded) {
       this.#recordCount.added++;
-      return { ok: false, current };
+      return undefined;
     }
     const record = decisionOf(res.responses[0]?.response_range.kvs[0]);
     if (record === undefined) throw new StoreOutcomeUnknownError("etcd lost a completion record while it was read");
-    return { recorded: replayOf(record, key, expectedVersion, putId) };
+    return record;
+  }
+
+  /** With `maxIds` records kept, only a try of a write already decided is answered, from its record. */
+  async #recordedWhenFull(id: string): Promise<CompletionRecord> {
+    const read = await this.#kv
+      .get(recordKeyOf(id))
+      .options(this.#callOptions())
+      .exec()
+      .catch((err: unknown) => {
+        throw new StoreUnavailableError(`etcd did not answer a read: ${(err as Error).message}`, { cause: err });
+      });
+    const record = decisionOf(read.kvs[0]);
+    if (record === undefined) throw recordsFull(this.#maxIds);
+    return record;
+  }
+
+  async deleteIfVersion(
+    key: string,
+    expectedVersion: number | undefined,
+    deleteId: string | undefined,
+    options: PutOptions = {},
+  ): Promise<DeleteIfVersionResult> {
+    this.#assertOpen();
+    return this.#track(this.#deleteIfVersion(key, expectedVersion, deleteId, options.isRetry === true));
+  }
+
+  /** As a put: one transaction decides, the failure branch reads the key (and the record) back. */
+  async #deleteIfVersion(
+    key: string,
+    expectedVersion: number | undefined,
+    id: string | undefined,
+    isRetry: boolean,
+  ): Promise<DeleteIfVersionResult> {
+    const named = expectedVersion ?? ANY_VERSION;
+    if (id !== undefined && !(await this.#hasRoom())) return { recorded: replayDeleteOf(await this.#recordedWhenFull(id), key, named, id) };
+    let isAmbiguous = false;
+    let lastError: unknown;
+    for (let tries = 1; tries <= MAX_TRIES; tries++) {
+      try {
+        // Present (version above 0), and at the version named if one is.
+        const present = this.#kv.if(key, "Version", ">", 0);
+        const condition = expectedVersion === undefined ? present : present.and(key, "Version", "==", expectedVersion);
+        if (id === undefined) {
+          const res = await condition.then(this.#kv.delete().key(key)).else(this.#kv.get(key)).options(this.#callOptions()).commit();
+          if (res.succeeded) return { ok: true, revision: Number(res.header.revision) };
+          if (isAmbiguous) break;
+          return { ok: false, current: entryOf(res.responses[0]?.response_range.kvs[0]) };
+        }
+        const recordKey = recordKeyOf(id);
+        const res = await condition
+          .and(recordKey, "Create", "==", 0)
+          .then(
+            this.#kv.delete().key(key),
+            this.#kv
+              .put(recordKey)
+              .value(encodeDecision("delete", key, named, { err: "OK" }))
+              .lease(await this.#leaseId()),
+          )
+          .else(this.#kv.get(key), this.#kv.get(recordKey))
+          .options(this.#callOptions())
+          .commit();
+        if (res.succeeded) {
+          this.#recordCount.added++;
+          return { ok: true, revision: Number(res.header.revision) };
+        }
+        const record = decisionOf(res.responses[1]?.response_range.kvs[0]);
+        if (record !== undefined) return { recorded: replayDeleteOf(record, key, named, id) };
+        const current = entryOf(res.responses[0]?.response_range.kvs[0]);
+        if ((!isRetry && !isAmbiguous) || !this.#recordRefusals) return { ok: false, current };
+        const first = await this.#recordRefusal(recordKey, "delete", key, named, deleteRefusalOf(current));
+        return first === undefined ? { ok: false, current } : { recorded: replayDeleteOf(first, key, named, id) };
+      } catch (err) {
+        lastError = err;
+        if (hasCode(err, "ERR_INVALID_ARG_VALUE")) throw err;
+        if (reachedEtcd(err)) isAmbiguous = true;
+        if (this.#closed) break;
+        await pause();
+      }
+    }
+    if (isAmbiguous) {
+      const why = lastError === undefined ? "a retry found the key changed" : (lastError as Error).message;
+      throw new StoreOutcomeUnknownError(`etcd could not confirm a delete: ${why}`, { cause: lastError });
+    }
+    throw new StoreUnavailableError(`etcd did not take a delete: ${(lastError as Error).message}`, { cause: lastError });
   }
 
   /** The lease new records are attached to: granted lazily, replaced once a quarter of the retention old. */
@@ -313,6 +395,7 @@ export class EtcdStore implements Store {
       .create()
       .then((watcher) => {
         watcher.on("put", (kv) => this.#watchers.notify(kv.key.toString("utf8")));
+        watcher.on("delete", (kv) => this.#watchers.notify(kv.key.toString("utf8")));
         // Disconnections etcd3 heals itself, then says "connected": what it missed is read again.
         watcher.on("connected", () => this.#watchers.notifyAll());
         // etcd3 does not resume a watch etcd ended (e.g. compacted past it): make another for
@@ -412,15 +495,24 @@ function recordKeyOf(putId: string): Buffer {
  * an applied put's without its revision, which is the record's own mod_revision (written in the
  * put's transaction).
  */
-function encodeDecision(key: string, version: number, decision: PutDecision | { err: "OK"; version: number }): string {
-  return JSON.stringify({ k: key, n: version, d: decision });
+function encodeDecision(kind: "put" | "delete", key: string, version: number, decision: { err: string }): string {
+  return JSON.stringify(kind === "put" ? { k: key, n: version, d: decision } : { t: "d", k: key, n: version, d: decision });
 }
 
 function decisionOf(kv: IKeyValue | undefined): CompletionRecord | undefined {
   if (kv === undefined) return undefined;
-  const { k, n, d } = JSON.parse(kv.value.toString("utf8")) as { k: string; n: number; d: PutDecision };
+  const { t, k, n, d } = JSON.parse(kv.value.toString("utf8")) as { t?: "d"; k: string; n: number; d: PutDecision };
   // An OK found by the old rule and recorded as a retry's refusal carries its revision already.
   const decision = d.err === "OK" && d.revision === undefined ? { ...d, revision: Number(kv.mod_revision) } : d;
+  if (t === "d") {
+    return {
+      kind: "delete",
+      key: k,
+      version: n,
+      decision: decision.err === "OK" ? { err: "OK", revision: decision.revision } : decision,
+      at: 0,
+    };
+  }
   return { kind: "put", key: k, version: n, decision, at: 0 };
 }
 

@@ -4,14 +4,18 @@ import { createServer, type Server } from "node:net";
 import { join, resolve } from "node:path";
 import { hasCode, KvError } from "@kv/rpc";
 import {
+  ANY_VERSION,
   type CompletionRecord,
   type CompletionRecordOptions,
   CompletionRecords,
+  type DeleteIfVersionResult,
+  deleteRefusalOf,
   KeyWatchers,
   type PutIfVersionResult,
   type PutOptions,
   recordsFull,
   refusalOf,
+  replayDeleteOf,
   replayOf,
   type Store,
   StoreOpenError,
@@ -42,8 +46,11 @@ interface Record {
   k?: string;
 }
 
-/** The completion record of a put that applied, kept on disk with the write it records: [version named, key, revision made]. */
-type AppliedRecord = [number, string, number];
+/**
+ * The completion record of a write that applied, kept on disk with the write it records: a put's
+ * [version named, key, revision made]; a delete's the same and "d" ({@link ANY_VERSION} named: unconditional).
+ */
+type AppliedRecord = [number, string, number] | [number, string, number, "d"];
 
 // Completion records live in the same LMDB database as the keys, under 0xFE + when (8 bytes) +
 // the id: no UTF-8 string starts with 0xFE, so they never meet a key (not a named database:
@@ -229,7 +236,80 @@ export class LmdbStore implements Store {
     if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId as string) };
     if (putId !== undefined && isRetry && this.#refusals.recordRefusals) {
       this.#assertRoom();
-      this.#refusals.add(putId, key, expectedVersion, refusalOf(current, expectedVersion, putId));
+      this.#refusals.add(putId, { kind: "put", key, version: expectedVersion, decision: refusalOf(current, expectedVersion, putId) });
+    }
+    return { ok: false, current };
+  }
+
+  deleteIfVersion(
+    key: string,
+    expectedVersion: number | undefined,
+    deleteId: string | undefined,
+    options: PutOptions = {},
+  ): Promise<DeleteIfVersionResult> {
+    return this.#delete(key, expectedVersion, deleteId, options.isRetry === true);
+  }
+
+  /** As {@link #put}: a write conditional on the very entry read, retried while the entry moved but still qualifies. */
+  async #delete(
+    key: string,
+    expectedVersion: number | undefined,
+    id: string | undefined,
+    isRetry: boolean,
+  ): Promise<DeleteIfVersionResult> {
+    this.#assertOpen();
+    const named = expectedVersion ?? ANY_VERSION;
+    if (id !== undefined) {
+      const record = this.#recordOf(id);
+      if (record !== undefined) return { recorded: replayDeleteOf(record, key, named, id) };
+    }
+    const refuses = (read: StoredEntry | undefined) =>
+      read === undefined || (expectedVersion !== undefined && read.version !== expectedVersion);
+    let read = this.#read(key);
+    if (read === undefined || refuses(read.entry)) return this.#refuseDelete(key, named, id, isRetry, read?.entry);
+    const lmdb = lmdbKey(key);
+    if (id !== undefined) {
+      this.#assertRoom();
+      this.#pendingRecords++;
+    }
+    try {
+      while (true) {
+        const revision = ++this.#revision;
+        let at = 0;
+        const write = () => {
+          this.#db.remove(lmdb);
+          this.#db.put(REVISION_KEY, revision as never);
+          if (id === undefined) return;
+          at = this.#refusals.now();
+          this.#db.put(recordKey(at, id), [named, key, revision, "d"] satisfies AppliedRecord as never);
+        };
+        if (await this.#db.ifVersion(lmdb, read.stamp, write)) {
+          if (id !== undefined) this.#applied.set(id, at);
+          this.#watchers.notify(key);
+          return { ok: true, revision };
+        }
+        this.#assertOpen();
+        read = this.#read(key);
+        if (read === undefined || refuses(read.entry)) return this.#refuseDelete(key, named, id, isRetry, read?.entry);
+      }
+    } finally {
+      if (id !== undefined) this.#pendingRecords--;
+    }
+  }
+
+  /** A delete refused by `current`; a retry's refusal recorded (see {@link #refuse}). */
+  #refuseDelete(
+    key: string,
+    named: number,
+    id: string | undefined,
+    isRetry: boolean,
+    current: StoredEntry | undefined,
+  ): DeleteIfVersionResult {
+    const record = id === undefined ? undefined : this.#recordOf(id);
+    if (record !== undefined) return { recorded: replayDeleteOf(record, key, named, id as string) };
+    if (id !== undefined && isRetry && this.#refusals.recordRefusals) {
+      this.#assertRoom();
+      this.#refusals.add(id, { kind: "delete", key, version: named, decision: deleteRefusalOf(current) });
     }
     return { ok: false, current };
   }
@@ -251,7 +331,8 @@ export class LmdbStore implements Store {
     if (at === undefined || this.#isExpired(at)) return undefined;
     const applied = this.#db.get(recordKey(at, putId)) as unknown as AppliedRecord | undefined;
     if (applied === undefined) return undefined;
-    const [named, key, revision] = applied;
+    const [named, key, revision, kind] = applied;
+    if (kind === "d") return { kind: "delete", key, version: named, decision: { err: "OK", revision }, at };
     return { kind: "put", key, version: named, decision: { err: "OK", version: named + 1, revision }, at };
   }
 

@@ -1,5 +1,5 @@
 import { hasCode, type PutResult } from "@kv/rpc";
-import { KVServer, MemoryStore, type PutIfVersionResult, type Store, type StoredEntry } from "@kv/server";
+import { KVServer, MemoryStore, type DeleteIfVersionResult, type PutIfVersionResult, type Store, type StoredEntry } from "@kv/server";
 import { describe, expect, it } from "vitest";
 import { checkLinearizable } from "./check-linearizable";
 import { testSeed } from "./random";
@@ -46,6 +46,9 @@ class VersionBlindStore implements Store {
     const version = (this.#entries.get(key)?.version ?? 0) + 1;
     this.#entries.set(key, { value, version, modRevision: version, createRevision: 1 });
     return { ok: true, version, revision: version };
+  }
+  async deleteIfVersion(): Promise<DeleteIfVersionResult> {
+    throw new Error("not used here");
   }
   async close() {}
 }

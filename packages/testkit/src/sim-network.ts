@@ -1,4 +1,4 @@
-import type { GetResult, PutRequest, PutResult, Transport, TransportCallOptions, WaitOptions } from "@kv/rpc";
+import type { DeleteRequest, DeleteResult, GetResult, PutRequest, PutResult, Transport, TransportCallOptions, WaitOptions } from "@kv/rpc";
 import { KvError, NetworkError } from "@kv/rpc";
 import { createRandom } from "./random";
 
@@ -6,6 +6,8 @@ import { createRandom } from "./random";
 export interface SimServer {
   get(key: string): Promise<GetResult>;
   put(key: string, value: string, version: number, id?: string, options?: { isRetry?: boolean }): Promise<PutResult>;
+  /** A server without it answers every delete 400. */
+  delete?(key: string, version?: number, id?: string, options?: { isRetry?: boolean }): Promise<DeleteResult>;
   /** Whether it keeps completion records (a `KVServer` says so of its store); its transports tell their clerks. */
   readonly keepsCompletionRecords?: boolean;
 }
@@ -156,6 +158,19 @@ export class SimNetwork implements SimClock {
               client,
               async () => {
                 const result = await this.#server.put(r.key, r.value, r.version, r.id, { isRetry: r.retry === true });
+                if (result.err === "OK") this.#recheckParked();
+                return result;
+              },
+              options,
+            ),
+      delete: (r: DeleteRequest, options?: TransportCallOptions) =>
+        isClosed
+          ? closed()
+          : this.#call(
+              client,
+              async () => {
+                if (this.#server.delete === undefined) throw new KvError("ERR_KV_BAD_REQUEST", "this server has no delete");
+                const result = await this.#server.delete(r.key, r.version, r.id, { isRetry: r.retry === true });
                 if (result.err === "OK") this.#recheckParked();
                 return result;
               },

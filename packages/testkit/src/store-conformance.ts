@@ -131,6 +131,50 @@ export function describeStoreConformance(
         expect(await kv.get(`rev/many/${i}`)).toMatchObject({ modRevision: revisions[i], createRevision: revisions[i] });
     });
 
+    it("deletes a present key, unconditionally or at its version; a put at 0 creates it again at version 1, with a newer revision", async () => {
+      const kv = new KVServer(await fresh());
+      const made = await kv.put("del/k", "v1", 0);
+      if (made.err !== "OK") throw new Error(`put: ${made.err}`);
+      expect(await kv.delete("del/k", 2)).toEqual({ err: "ErrVersion" });
+      expect(await kv.delete("del/k", 0)).toEqual({ err: "ErrVersion" });
+      expect(await kv.get("del/k")).toEqual(got("v1", 1));
+      const deleted = await kv.delete("del/k", 1);
+      if (deleted.err !== "OK") throw new Error(`delete: ${deleted.err}`);
+      expect(deleted.revision).toBeGreaterThan(made.revision);
+      expect(await kv.get("del/k")).toEqual({ err: "ErrNoKey" });
+      expect(await kv.delete("del/k")).toEqual({ err: "ErrNoKey" });
+      expect(await kv.delete("del/k", 1)).toEqual({ err: "ErrNoKey" });
+      expect(await kv.put("del/k", "v2", 1)).toEqual({ err: "ErrNoKey" });
+      const again = await kv.put("del/k", "v2", 0);
+      if (again.err !== "OK") throw new Error(`put: ${again.err}`);
+      expect(again).toEqual({ err: "OK", version: 1, revision: expect.any(Number) });
+      expect(again.revision).toBeGreaterThan(deleted.revision);
+      expect(await kv.get("del/k")).toEqual({
+        err: "OK",
+        value: "v2",
+        version: 1,
+        modRevision: again.revision,
+        createRevision: again.revision,
+      });
+      const unconditional = await kv.delete("del/k");
+      expect(unconditional).toEqual({ err: "OK", revision: expect.any(Number) });
+      expect(await kv.get("del/k")).toEqual({ err: "ErrNoKey" });
+      // Other keys are left alone.
+      await kv.put("del/other", "x", 0);
+      expect(await kv.delete("del/absent")).toEqual({ err: "ErrNoKey" });
+      expect(await kv.get("del/other")).toEqual(got("x", 1));
+    });
+
+    it("wakes a long-poll read on a key when the key is deleted", async () => {
+      const store = await fresh();
+      const kv = new KVServer(store);
+      await kv.put("del/lp", "v", 0);
+      const waiting = kv.get("del/lp", { wait: { version: 1, ms: 60_000 } });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await kv.delete("del/lp");
+      expect(await waiting).toEqual({ err: "ErrNoKey" });
+    });
+
     it("recognises a retried put by its id while its completion record lasts, even after other writes", async () => {
       const store = await fresh();
       const kv = new KVServer(store);
@@ -359,6 +403,29 @@ export function describeStoreConformance(
           expect(await next).toEqual(applied(3));
           expect(await kv.put(key, "mine", 1, `mine-${i}`, { isRetry: true })).toEqual(answered(2));
         }
+      });
+
+      it("decides a delete's id once: a retry gets the first outcome even after the key is created again, and a retry's refusal is recorded", async () => {
+        const store = await fresh();
+        const kv = new KVServer(store);
+        await kv.put("del/r", "v", 0);
+        const deleted = await kv.delete("del/r", 1, "del-1");
+        expect(deleted).toEqual({ err: "OK", revision: expect.any(Number) });
+        await kv.put("del/r", "again", 0);
+        expect(await kv.delete("del/r", 1, "del-1", { isRetry: true })).toEqual(deleted); // recorded: the new key stays
+        expect(await kv.get("del/r")).toEqual(got("again", 1));
+        // A retry refused (absent) is recorded: its first try, arriving once the key exists, deletes nothing.
+        expect(await kv.delete("del/late", undefined, "del-2", { isRetry: true })).toEqual({ err: "ErrNoKey" });
+        await kv.put("del/late", "v", 0);
+        expect(await kv.delete("del/late", undefined, "del-2")).toEqual({ err: "ErrNoKey" });
+        expect(await kv.get("del/late")).toEqual(got("v", 1));
+        // Ids are never reused, across kinds too.
+        await expect(kv.delete("del/r", 1, "del-1-other")).resolves.toEqual({ err: "OK", revision: expect.any(Number) });
+        await expect(kv.put("del/r", "v", 0, "del-1")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+        await expect(kv.delete("del/r", 2, "del-1")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+        await kv.put("del/p", "v", 0, "put-p");
+        await expect(kv.delete("del/p", 0, "put-p")).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+        expect(await kv.get("del/p")).toEqual(got("v", 1));
       });
 
       it("refuses an id recorded for another write with InvalidArgumentError, changing nothing", async () => {

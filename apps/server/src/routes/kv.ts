@@ -1,7 +1,10 @@
 import {
   checkKey,
   checkValue,
+  checkVersion,
   checkWait,
+  DeleteOkReply,
+  DeleteQuery,
   ErrorReply,
   GetOkReply,
   GetQuery,
@@ -32,7 +35,7 @@ type KeyRequest = { Params: { key: string }; Querystring: GetQuery };
 
 const route = KV_ROUTE.replace(/^\/v1/, "");
 
-/** `/v1/kv/:key` GET and PUT (contract §4), behind the bearer token when one is configured. */
+/** `/v1/kv/:key` GET, PUT and DELETE (contract §4), behind the bearer token when one is configured. */
 export async function kvRoutes(app: FastifyInstance, { server, config, metrics, waiters }: KvRoutesOptions): Promise<void> {
   if (config.authToken !== undefined) app.addHook("onRequest", bearerTokenCheck(config.authToken));
 
@@ -87,14 +90,39 @@ export async function kvRoutes(app: FastifyInstance, { server, config, metrics, 
     },
   );
 
+  app.delete<{ Params: { key: string }; Querystring: DeleteQuery }>(
+    route,
+    {
+      schema: {
+        summary: "Delete a key; with version, only at that version",
+        params: KeyParams,
+        querystring: DeleteQuery,
+        response: { 200: DeleteOkReply, 404: NoKeyReply, 409: VersionReply, "4xx": ErrorReply, "5xx": ErrorReply },
+      },
+    },
+    async (request, reply) => {
+      const { key } = request.params;
+      checkKey(key, config.maxKeyBytes);
+      const { id, retry } = request.query;
+      const version = request.query.version === undefined ? undefined : Number(request.query.version);
+      if (version !== undefined) checkVersion(version);
+      // As for a put: a try held past the request timeout could outlive its completion record.
+      if (id !== undefined && reply.elapsedTime > config.requestTimeoutMs) {
+        return refuse(reply, "ErrUnavailable", "the delete waited too long to reach the store: not applied");
+      }
+      const result = await server.delete(key, version, id, { isRetry: retry === "true" });
+      return reply.code(statusByErr[result.err]).send(result);
+    },
+  );
+
   // A key route reached without a key, and the methods the key route does not have.
   const noKey = async (_: unknown, reply: FastifyReply) => refuse(reply, "ErrBadRequest", "key must not be empty");
-  app.route({ method: ["GET", "PUT"], url: "/kv", schema: { hide: true }, handler: noKey });
+  app.route({ method: ["GET", "PUT", "DELETE"], url: "/kv", schema: { hide: true }, handler: noKey });
   app.route({
-    method: ["POST", "DELETE", "PATCH", "OPTIONS", "TRACE"],
+    method: ["POST", "PATCH", "OPTIONS", "TRACE"],
     url: route,
     schema: { hide: true },
     handler: async (request, reply) =>
-      refuse(reply.header("allow", "GET, HEAD, PUT"), "ErrMethodNotAllowed", `${request.method} is not allowed on a key`),
+      refuse(reply.header("allow", "GET, HEAD, PUT, DELETE"), "ErrMethodNotAllowed", `${request.method} is not allowed on a key`),
   });
 }

@@ -2,7 +2,7 @@
 // runs with, the fast-check arbitraries for methods, paths, headers and bodies, and the Map model
 // that says what each accepted put must answer and write.
 import { KV_PREFIX, MAX_PUT_ID_LENGTH } from "@kv/rpc";
-import { MemoryStore, type PutIfVersionResult, type PutOptions } from "@kv/server";
+import { type DeleteIfVersionResult, MemoryStore, type PutIfVersionResult, type PutOptions } from "@kv/server";
 import fc from "fast-check";
 
 // Small limits put their edges within reach of cheap requests: keys and values just under and
@@ -40,6 +40,17 @@ export class WriteLoggingStore extends MemoryStore {
     options?: PutOptions,
   ): Promise<PutIfVersionResult> {
     const result = await super.putIfVersion(key, value, expectedVersion, putId, options);
+    if (result.ok) this.writes.push(key);
+    return result;
+  }
+
+  override async deleteIfVersion(
+    key: string,
+    expectedVersion: number | undefined,
+    id: string | undefined,
+    options?: PutOptions,
+  ): Promise<DeleteIfVersionResult> {
+    const result = await super.deleteIfVersion(key, expectedVersion, id, options);
     if (result.ok) this.writes.push(key);
     return result;
   }
@@ -82,13 +93,42 @@ export interface PutBody {
 }
 export type PutReply = { err: "OK"; version: number; revision: number } | { err: "ErrNoKey" } | { err: "ErrVersion" };
 /** The completion records the model keeps: id → the write it was decided for, and the decision. */
-export type Records = Map<string, { key: string; version: number; reply: PutReply }>;
+export type Records = Map<
+  string,
+  { kind: "put"; key: string; version: number; reply: PutReply } | { kind: "delete"; key: string; version: number; reply: DeleteReply }
+>;
+export type DeleteReply = { err: "OK"; revision: number } | { err: "ErrNoKey" } | { err: "ErrVersion" };
+/** A delete's query, read as the server reads it (`version` -1: none named). */
+export interface DeleteQuery {
+  version: number;
+  id?: string;
+  retry?: boolean;
+}
 
 /** What the records say of a put: its recorded reply, "reused" (an id recorded for another write: 400), or nothing. */
 export function recordedReply(records: Records, key: string, { version, id }: PutBody): PutReply | "reused" | undefined {
   const record = id === undefined ? undefined : records.get(id);
   if (record === undefined) return undefined;
-  return record.key === key && record.version === version ? record.reply : "reused";
+  return record.kind === "put" && record.key === key && record.version === version ? record.reply : "reused";
+}
+
+/** Applies one accepted delete to `model` and `records`, and returns the reply it must get. */
+export function modelDelete(model: Model, records: Records, key: string, { version, id, retry }: DeleteQuery): DeleteReply {
+  const record = id === undefined ? undefined : records.get(id);
+  if (record !== undefined) {
+    if (record.kind === "delete" && record.key === key && record.version === version) return record.reply;
+    throw new Error(`the model refuses a delete whose id ${id} was used for another write`);
+  }
+  const current = model.entries.get(key);
+  let reply: DeleteReply;
+  if (current === undefined) reply = { err: "ErrNoKey" };
+  else if (version !== -1 && current.version !== version) reply = { err: "ErrVersion" };
+  else {
+    model.entries.delete(key);
+    reply = { err: "OK", revision: ++model.revision };
+  }
+  if (id !== undefined && (reply.err === "OK" || retry === true)) records.set(id, { kind: "delete", key, version, reply });
+  return reply;
 }
 
 /** Applies one accepted put to `model` and `records` as contract §2 says, and returns the reply it must get. */
@@ -97,7 +137,8 @@ export function modelPut(model: Model, records: Records, key: string, put: PutBo
   if (recorded === "reused") throw new Error(`the model refuses a put whose id ${put.id} was used for another write`);
   if (recorded !== undefined) return recorded;
   const reply = tablePut(model, key, put);
-  if (put.id !== undefined && (reply.err === "OK" || put.retry === true)) records.set(put.id, { key, version: put.version, reply });
+  if (put.id !== undefined && (reply.err === "OK" || put.retry === true))
+    records.set(put.id, { kind: "put", key, version: put.version, reply });
   return reply;
 }
 
