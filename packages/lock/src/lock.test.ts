@@ -195,6 +195,24 @@ function scripted(records?: CompletionRecordOptions) {
   return { net, kv, a, b, puts, script: (f: (value: string) => Fate) => void (fateOf = f) };
 }
 
+describe("fencing tokens are store revisions", () => {
+  it("keep growing when the lock key is deleted and created again, which starts its version over", async () => {
+    const { clerks, locks } = simulate(testSeed(), 2);
+    const [a, b] = locks as [Lock, Lock];
+    const first = await a.acquire();
+    expect(await (clerks[0] as Clerk).get("lock")).toMatchObject({ value: a.id, modRevision: first.token });
+    await a.release();
+    const deleted = await (clerks[1] as Clerk).delete("lock"); // someone tidies the key away
+    if (deleted.err !== "OK") throw new Error(`delete: ${deleted.err}`);
+    const second = await b.acquire(); // the key is created again, at version 1, and taken
+    const seen = await (clerks[1] as Clerk).get("lock");
+    expect(seen).toMatchObject({ value: b.id, version: 2, modRevision: second.token });
+    expect(second.token).toBeGreaterThan(deleted.revision);
+    expect(second.token).toBeGreaterThan(first.token);
+    await b.release();
+  });
+});
+
 describe("Lock when a reply is lost (ErrMaybe)", () => {
   it("re-reads after ErrMaybe in acquire and waits when another client took the lock meanwhile", async () => {
     const { net, kv, a, b, puts, script } = scripted();

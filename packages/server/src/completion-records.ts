@@ -22,9 +22,6 @@ export type CompletionRecord = (
   readonly at: number;
 };
 
-/** A record as a store makes it; the store adds when. */
-export type NewCompletionRecord = CompletionRecord extends infer R ? (R extends unknown ? Omit<R, "at"> : never) : never;
-
 /** How long completion records are kept, how many at most, and the clock they are kept by. */
 export interface CompletionRecordOptions {
   /** At least this long (default 120 000 ms, `KV_ID_RETENTION_MS`). */
@@ -110,13 +107,19 @@ export class CompletionRecords {
   }
 
   /** Records `decision` for `id`; throws `StoreUnavailableError` when full (call {@link assertRoom} before a write). */
-  add(id: string, record: NewCompletionRecord): void {
+  add<K extends CompletionRecord["kind"]>(
+    id: string,
+    kind: K,
+    key: string,
+    version: number,
+    decision: Extract<CompletionRecord, { kind: K }>["decision"],
+  ): void {
     const now = this.now();
     // Swept now and then, not at each add: a record a little past its retention costs nothing.
     if (now - this.#sweptAt >= SWEEP_INTERVAL_MS) this.sweep();
     this.assertRoom();
     this.#records.delete(id); // an expired one, still held: the new one goes to the back
-    this.#records.set(id, { ...record, at: now } as CompletionRecord);
+    this.#records.set(id, { kind, key, version, decision, at: now } as CompletionRecord);
   }
 
   /** Throws `StoreUnavailableError` unless one more record may be made (after dropping the expired). */

@@ -17,7 +17,6 @@ export {
   type CompletionRecordOptions,
   type PutDecision,
   type DeleteDecision,
-  type NewCompletionRecord,
   ANY_VERSION,
   deleteRefusalOf,
   replayDeleteOf,

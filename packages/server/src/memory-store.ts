@@ -49,7 +49,7 @@ export class MemoryStore implements Store {
     const current = this.#entries.get(key);
     if ((current?.version ?? 0) !== expectedVersion) {
       if (putId !== undefined && options.isRetry === true && this.#records.recordRefusals) {
-        this.#records.add(putId, { kind: "put", key, version: expectedVersion, decision: refusalOf(current, expectedVersion, putId) });
+        this.#records.add(putId, "put", key, expectedVersion, refusalOf(current, expectedVersion, putId));
       }
       return { ok: false, current };
     }
@@ -57,10 +57,13 @@ export class MemoryStore implements Store {
     const version = expectedVersion + 1;
     const revision = ++this.#revision;
     const createRevision = current?.createRevision ?? revision;
-    const entry = { value, version, modRevision: revision, createRevision };
-    this.#entries.set(key, putId === undefined ? entry : { ...entry, putId });
-    if (putId !== undefined)
-      this.#records.add(putId, { kind: "put", key, version: expectedVersion, decision: { err: "OK", version, revision } });
+    this.#entries.set(
+      key,
+      putId === undefined
+        ? { value, version, modRevision: revision, createRevision }
+        : { value, version, modRevision: revision, createRevision, putId },
+    );
+    if (putId !== undefined) this.#records.add(putId, "put", key, expectedVersion, { err: "OK", version, revision });
     this.#watchers.notify(key);
     return { ok: true, version, revision };
   }
@@ -80,14 +83,14 @@ export class MemoryStore implements Store {
     const current = this.#entries.get(key);
     if (current === undefined || (expectedVersion !== undefined && current.version !== expectedVersion)) {
       if (deleteId !== undefined && options.isRetry === true && this.#records.recordRefusals) {
-        this.#records.add(deleteId, { kind: "delete", key, version: named, decision: deleteRefusalOf(current) });
+        this.#records.add(deleteId, "delete", key, named, deleteRefusalOf(current));
       }
       return { ok: false, current };
     }
     if (deleteId !== undefined) this.#records.assertRoom();
     const revision = ++this.#revision;
     this.#entries.delete(key);
-    if (deleteId !== undefined) this.#records.add(deleteId, { kind: "delete", key, version: named, decision: { err: "OK", revision } });
+    if (deleteId !== undefined) this.#records.add(deleteId, "delete", key, named, { err: "OK", revision });
     this.#watchers.notify(key);
     return { ok: true, revision };
   }

@@ -42,6 +42,24 @@ describe("LmdbStore.close", () => {
   });
 });
 
+describe("LmdbStore revisions", () => {
+  it("goes on from the largest revision after a reopen, also when the write that made it was a delete", async () => {
+    const path = freshDir();
+    const store = await openLmdbStore({ path });
+    expect(await store.putIfVersion("a", "v", 0, undefined)).toEqual({ ok: true, version: 1, revision: 1 });
+    expect(await store.putIfVersion("b", "v", 0, "with-id")).toEqual({ ok: true, version: 1, revision: 2 });
+    expect(await store.putIfVersion("b", "v", 0, undefined)).toMatchObject({ ok: false }); // refused: no revision made
+    expect(await store.deleteIfVersion("b", undefined, undefined)).toEqual({ ok: true, revision: 3 });
+    await store.close();
+    const again = await openLmdbStore({ path });
+    expect(await again.putIfVersion("c", "v", 0, undefined)).toEqual({ ok: true, version: 1, revision: 4 });
+    await again.close();
+    const third = await openLmdbStore({ path });
+    expect(await third.putIfVersion("d", "v", 0, undefined)).toEqual({ ok: true, version: 1, revision: 5 });
+    await third.close();
+  });
+});
+
 describe("LmdbStore completion records", () => {
   /** The ids of completion records on disk (0xFE + when + id), read by lmdb itself. */
   const recordsOnDisk = (path: string) => {

@@ -61,6 +61,8 @@ const RECORD_MARK = 0xfe;
 // The store's own entries (its format, its revision) live under 0xFD, which no UTF-8 key starts with either.
 const META_MARK = 0xfd;
 const FORMAT_KEY = Buffer.from("\xfdformat", "latin1");
+// A put's revision is its entry's LMDB version; a delete, which leaves no entry, writes its
+// revision here. At open the store revision is the largest of them all.
 const REVISION_KEY = Buffer.from("\xfdrevision", "latin1");
 // Entries written before revisions read as made and created at this revision: above every
 // version then stored, so fencing tokens (versions then, revisions now) keep growing.
@@ -190,22 +192,26 @@ export class LmdbStore implements Store {
     try {
       while (true) {
         // Applied in the write transaction only if the entry is still the one read (absent:
-        // still absent), with the store revision and the completion record; resolves once the
-        // commit is on disk. Writes commit in the order they are given here, so revisions given
+        // still absent), its revision as its LMDB version, with its completion record; resolves
+        // once the commit is on disk. Writes commit in the order they are given here, so revisions given
         // in that order grow with the commits (a refused write leaves a gap).
         const revision = ++this.#revision;
         const stored: Record = { v: value, n: version, c: read?.entry.createRevision ?? revision };
         if (putId !== undefined) stored.p = putId;
         if (lmdb[0] === DIGEST_MARK) stored.k = key;
         let at = 0;
-        const write = () => {
-          this.#db.put(lmdb, stored, revision);
-          this.#db.put(REVISION_KEY, revision as never);
-          if (putId === undefined) return;
-          at = this.#refusals.now();
-          this.#db.put(recordKey(at, putId), [expectedVersion, key, revision] satisfies AppliedRecord as never);
-        };
-        const isApplied = await (read === undefined ? this.#db.ifNoExists(lmdb, write) : this.#db.ifVersion(lmdb, read.stamp, write));
+        let isApplied: boolean;
+        if (putId === undefined) {
+          // lmdb-js takes ifVersion null for "only if absent", though its types say number.
+          isApplied = await this.#db.put(lmdb, stored, revision, (read === undefined ? null : read.stamp) as number);
+        } else {
+          const write = () => {
+            this.#db.put(lmdb, stored, revision);
+            at = this.#refusals.now();
+            this.#db.put(recordKey(at, putId), [expectedVersion, key, revision] satisfies AppliedRecord as never);
+          };
+          isApplied = await (read === undefined ? this.#db.ifNoExists(lmdb, write) : this.#db.ifVersion(lmdb, read.stamp, write));
+        }
         if (isApplied) {
           if (putId !== undefined) this.#applied.set(putId, at);
           this.#watchers.notify(key);
@@ -236,7 +242,7 @@ export class LmdbStore implements Store {
     if (record !== undefined) return { recorded: replayOf(record, key, expectedVersion, putId as string) };
     if (putId !== undefined && isRetry && this.#refusals.recordRefusals) {
       this.#assertRoom();
-      this.#refusals.add(putId, { kind: "put", key, version: expectedVersion, decision: refusalOf(current, expectedVersion, putId) });
+      this.#refusals.add(putId, "put", key, expectedVersion, refusalOf(current, expectedVersion, putId));
     }
     return { ok: false, current };
   }
@@ -309,7 +315,7 @@ export class LmdbStore implements Store {
     if (record !== undefined) return { recorded: replayDeleteOf(record, key, named, id as string) };
     if (id !== undefined && isRetry && this.#refusals.recordRefusals) {
       this.#assertRoom();
-      this.#refusals.add(id, { kind: "delete", key, version: named, decision: deleteRefusalOf(current) });
+      this.#refusals.add(id, "delete", key, named, deleteRefusalOf(current));
     }
     return { ok: false, current };
   }
@@ -418,13 +424,10 @@ async function upgradeToCurrentFormat(db: RootDatabase<Record, Buffer>, path: st
     throw new StoreOpenError(`${path} holds kv data of format ${format}, newer than this kv reads (${FORMAT}): run a newer kv on it`);
   }
   if (format === FORMAT) {
-    return { revision: db.get(REVISION_KEY) as unknown as number, baseRevision: db.get(BASE_REVISION_KEY) as unknown as number };
+    const revision = Math.max(db.get(REVISION_KEY) as unknown as number, largestEntryVersion(db));
+    return { revision, baseRevision: db.get(BASE_REVISION_KEY) as unknown as number };
   }
-  let baseRevision = 0;
-  for (const { key, version } of db.getRange({ versions: true })) {
-    const mark = (key as Buffer)[0];
-    if (mark !== RECORD_MARK && mark !== META_MARK) baseRevision = Math.max(baseRevision, version as number);
-  }
+  const baseRevision = largestEntryVersion(db);
   // Completion records of format 1 are [named, made, key]: they become [named, key, base revision].
   const records = [...db.getRange({ start: Buffer.from([RECORD_MARK]), end: Buffer.from([RECORD_MARK + 1]) })];
   await db.transaction(() => {
@@ -437,6 +440,16 @@ async function upgradeToCurrentFormat(db: RootDatabase<Record, Buffer>, path: st
     db.put(FORMAT_KEY, FORMAT as never);
   });
   return { revision: baseRevision, baseRevision };
+}
+
+/** The largest LMDB version among the kv entries: in format 2 their modRevisions, in format 1 their versions. */
+function largestEntryVersion(db: RootDatabase<Record, Buffer>): number {
+  let largest = 0;
+  // Keys, then long keys' digests: around the store's own entries and the completion records.
+  for (const range of [{ end: Buffer.from([META_MARK]) }, { start: Buffer.from([DIGEST_MARK]) }]) {
+    for (const { version } of db.getRange({ ...range, versions: true })) largest = Math.max(largest, version as number);
+  }
+  return largest;
 }
 
 function recordKey(at: number, putId: string): Buffer {
