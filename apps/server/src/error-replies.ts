@@ -31,7 +31,7 @@ const REPLIES_BY_CODE = new Map<string, ErrorReply>(
     // The store did not apply it (its backend is unreachable): a retry is safe.
     ERR_KV_UNAVAILABLE: { err: "ErrUnavailable", warning: "store unavailable", retryAfterSeconds: 1 },
     // The store sent the put on but cannot say whether it was applied.
-    ERR_KV_OUTCOME_UNKNOWN: { err: "ErrMaybe", warning: "store could not confirm a put" },
+    ERR_KV_OUTCOME_UNKNOWN: { err: "ErrMaybe", warning: "store could not confirm a write" },
   } satisfies Record<string, ErrorReply>),
 );
 

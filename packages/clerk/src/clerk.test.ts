@@ -138,6 +138,24 @@ describe("Clerk.put outcomes (contract §3)", () => {
     await expect(mine.delete("k", { version: -1 })).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
   });
 
+  it("puts against a server without records: a lost reply, then the key deleted, then ErrNoKey is ErrMaybe", async () => {
+    const kv = new KVServer(new MemoryStore({ retentionMs: 0 }));
+    const withoutRecords: SimServer = {
+      get: (key) => kv.get(key),
+      put: (...args) => kv.put(...args),
+      delete: (...args) => kv.delete(...args),
+    };
+    const net = new SimNetwork(withoutRecords, { seed: 6 });
+    const [mine, other] = [0, 1].map((c) => new Clerk(net.transport(c), { clock: net, attemptTimeoutMs: 100 })) as [Clerk, Clerk];
+    await mine.put("k", "v1", 0);
+    net.setFaults({ replyLoss: 1 });
+    const put = mine.put("k", "v2", 1); // applied; its reply is lost
+    await net.sleep(20);
+    net.setFaults({ replyLoss: 0 });
+    await other.delete("k"); // gone before the retry
+    expect(await put).toEqual({ err: "ErrMaybe" });
+  });
+
   it("deletes against a server without records: a lost reply then ErrNoKey is ErrMaybe (the lab's rule)", async () => {
     const kv = new KVServer(new MemoryStore({ retentionMs: 0 }));
     const withoutRecords: SimServer = {

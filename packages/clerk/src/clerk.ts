@@ -141,7 +141,9 @@ export class Clerk {
       this.#clock.now() + this.#retryLimitMs,
     );
     if (result === GAVE_UP) return { err: "ErrMaybe" };
-    if (isAmbiguous && result.err === "ErrVersion" && this.#transport.keepsCompletionRecords !== true) return { err: "ErrMaybe" };
+    // Without records a try that went unanswered may have applied, and the key moved on — or was
+    // deleted — since.
+    if (isAmbiguous && result.err !== "OK" && this.#transport.keepsCompletionRecords !== true) return { err: "ErrMaybe" };
     return result;
   }
 

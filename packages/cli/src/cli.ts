@@ -39,7 +39,7 @@ Options:
   --endpoints <urls>   comma-separated server URLs (env KV_ENDPOINTS; default http://127.0.0.1:7070)
   --token <token>      bearer token (env KV_TOKEN)
   --json               one JSON object per line: {"err","value","version","modRevision","createRevision"} for get,
-                       {"err","version","revision"} for put
+                       {"err","version","revision"} for put, {"err","revision"} for del
   --timeout <d>        give up when no server answers for this long (default 30s)
   --ttl <d>            kv lock's lease (default 15s): a kv that dies loses the lock after it
   -h, --help           this text

@@ -57,7 +57,7 @@ const RECORD_COUNT_MAX_AGE_MS = 1_000;
 
 /**
  * A {@link Store} on an etcd v3 cluster. A kv version is etcd's per-key `version` (1 on
- * create, one more on each put; kv never deletes). A conditional put is one etcd transaction —
+ * create, one more on each put, ended by a delete). A conditional put is one etcd transaction —
  * `if (version == n) put else get`; with a put id, `if (version == n and no record of the id)
  * put both, else get both` — whose else branch tells `ErrNoKey`, `ErrVersion` and a decision
  * already recorded apart at the same revision. Reads are etcd's linearizable reads. Completion
@@ -153,6 +153,9 @@ export class EtcdStore implements Store {
     for (let tries = 1; tries <= MAX_TRIES; tries++) {
       try {
         if (putId === undefined) {
+          // A try may have applied: another could apply the put a second time once the key
+          // was deleted and made again meanwhile. Without an id, nobody can tell: 504.
+          if (isAmbiguous) break;
           const res = await this.#kv
             .if(key, "Version", "==", expectedVersion)
             .then(this.#kv.put(key).value(encoded))
@@ -160,10 +163,7 @@ export class EtcdStore implements Store {
             .options(this.#callOptions())
             .commit();
           if (res.succeeded) return { ok: true, version: expectedVersion + 1, revision: Number(res.header.revision) };
-          const current = entryOf(res.responses[0]?.response_range.kvs[0]);
-          // An unanswered try may still be applied later, whenever the key reaches expectedVersion.
-          if (isAmbiguous) break;
-          return { ok: false, current };
+          return { ok: false, current: entryOf(res.responses[0]?.response_range.kvs[0]) };
         }
         // One transaction decides the id: applied with its record only if it has none yet, and
         // otherwise the key and the record read back at the same revision.
@@ -206,8 +206,7 @@ export class EtcdStore implements Store {
       }
     }
     if (isAmbiguous) {
-      const why = lastError === undefined ? "a retry found the key moved on" : (lastError as Error).message;
-      throw new StoreOutcomeUnknownError(`etcd could not confirm a put: ${why}`, { cause: lastError });
+      throw new StoreOutcomeUnknownError(`etcd could not confirm a put: ${(lastError as Error).message}`, { cause: lastError });
     }
     throw new StoreUnavailableError(`etcd did not take a put: ${(lastError as Error).message}`, { cause: lastError });
   }
@@ -284,9 +283,9 @@ export class EtcdStore implements Store {
         const present = this.#kv.if(key, "Version", ">", 0);
         const condition = expectedVersion === undefined ? present : present.and(key, "Version", "==", expectedVersion);
         if (id === undefined) {
+          if (isAmbiguous) break; // as for a put without an id
           const res = await condition.then(this.#kv.delete().key(key)).else(this.#kv.get(key)).options(this.#callOptions()).commit();
           if (res.succeeded) return { ok: true, revision: Number(res.header.revision) };
-          if (isAmbiguous) break;
           return { ok: false, current: entryOf(res.responses[0]?.response_range.kvs[0]) };
         }
         const recordKey = recordKeyOf(id);
@@ -321,8 +320,7 @@ export class EtcdStore implements Store {
       }
     }
     if (isAmbiguous) {
-      const why = lastError === undefined ? "a retry found the key changed" : (lastError as Error).message;
-      throw new StoreOutcomeUnknownError(`etcd could not confirm a delete: ${why}`, { cause: lastError });
+      throw new StoreOutcomeUnknownError(`etcd could not confirm a delete: ${(lastError as Error).message}`, { cause: lastError });
     }
     throw new StoreUnavailableError(`etcd did not take a delete: ${(lastError as Error).message}`, { cause: lastError });
   }

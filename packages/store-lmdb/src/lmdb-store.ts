@@ -154,8 +154,9 @@ export class LmdbStore implements Store {
   /**
    * Two tries of one put may race here: each is decided by LMDB's conditional write on the
    * entry it read, and one that loses reads the key back, finds its own id at the version above
-   * the one it named (`refusalOf`) or its record, and records the same decision. Versions only
-   * grow, so a try refused because the key passed its version can never apply later.
+   * the one it named (`refusalOf`) or its record, and records the same decision. A retry's
+   * refusal is recorded, so an earlier try refused now never applies later, even once the key
+   * is deleted and created again up to the version it named.
    */
   putIfVersion(
     key: string,
@@ -221,7 +222,7 @@ export class LmdbStore implements Store {
         // very moment. One read back at expectedVersion moved there since: the put may apply now.
         this.#assertOpen(); // closed while the put was committed: the environment is gone
         read = this.#read(key);
-        if (read?.entry.version !== expectedVersion) return this.#refuse(key, expectedVersion, putId, isRetry, read?.entry);
+        if ((read?.entry.version ?? 0) !== expectedVersion) return this.#refuse(key, expectedVersion, putId, isRetry, read?.entry);
       }
     } finally {
       if (putId !== undefined) this.#pendingRecords--;
