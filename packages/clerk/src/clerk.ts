@@ -128,23 +128,7 @@ export class Clerk {
     checkKey(key);
     checkValue(value);
     checkVersion(version);
-    const request = { key, value, version, id: randomUUID() };
-    const retried = { ...request, retry: true };
-    let tries = 0;
-    let isAmbiguous = false;
-    const result = await this.#retry(
-      options.signal,
-      (call) => this.#transport.put(tries++ === 0 ? request : retried, call),
-      () => {
-        isAmbiguous = true;
-      },
-      this.#clock.now() + this.#retryLimitMs,
-    );
-    if (result === GAVE_UP) return { err: "ErrMaybe" };
-    // Without records a try that went unanswered may have applied, and the key moved on — or was
-    // deleted — since.
-    if (isAmbiguous && result.err !== "OK" && this.#transport.keepsCompletionRecords !== true) return { err: "ErrMaybe" };
-    return result;
+    return this.#write({ key, value, version }, options.signal, (request, call) => this.#transport.put(request, call));
   }
 
   /**
@@ -157,19 +141,33 @@ export class Clerk {
   async delete(key: string, options: CallOptions & { version?: number } = {}): Promise<DeleteResult> {
     checkKey(key);
     if (options.version !== undefined) checkVersion(options.version);
-    const request = { key, version: options.version, id: randomUUID() };
+    return this.#write({ key, version: options.version }, options.signal, (request, call) => this.#transport.delete(request, call));
+  }
+
+  /**
+   * Tries a write until it is answered: one fresh id on every try, every try after the first
+   * marked a retry, and `ErrMaybe` once `retryLimitMs` passed with no answer.
+   */
+  async #write<Q, R extends { err: string }>(
+    fields: Q,
+    signal: AbortSignal | undefined,
+    send: (request: Q & { id: string; retry?: boolean }, call: TransportCallOptions) => Promise<R>,
+  ): Promise<R | { err: "ErrMaybe" }> {
+    const request = { ...fields, id: randomUUID() };
     const retried = { ...request, retry: true };
     let tries = 0;
     let isAmbiguous = false;
     const result = await this.#retry(
-      options.signal,
-      (call) => this.#transport.delete(tries++ === 0 ? request : retried, call),
+      signal,
+      (call) => send(tries++ === 0 ? request : retried, call),
       () => {
         isAmbiguous = true;
       },
       this.#clock.now() + this.#retryLimitMs,
     );
     if (result === GAVE_UP) return { err: "ErrMaybe" };
+    // Without records a try that went unanswered may have applied, and the key moved on — or was
+    // deleted — since.
     if (isAmbiguous && result.err !== "OK" && this.#transport.keepsCompletionRecords !== true) return { err: "ErrMaybe" };
     return result;
   }
